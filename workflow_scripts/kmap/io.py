@@ -1,0 +1,109 @@
+"""Atomic output, hashing and provenance records.
+
+Every artifact kmap writes goes through ``atomic_output``: it is built under a temporary sibling name and
+renamed into place only when complete, so a killed job never leaves a file a rerun or a reader would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import kmap
+
+PACKAGE_DIR = Path(kmap.__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it.
+
+    The temporary name starts with ``.`` and ends with ``.partial`` so globbing readers skip it.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    target = tmp if directory else tmp / final.name
+    try:
+        yield target
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hash of a JSON-serialisable object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the named kmap modules' source (e.g. ``"activations", "models"``).
+
+    Rules record it in their params, so a change to the code a rule uses reruns that rule and nothing else.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        source = PACKAGE_DIR / f"{name.replace('.', '/')}.py"
+        digest.update(name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def git_describe() -> str | None:
+    """The repository commit, if kmap runs from a git checkout (recorded, never required)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """A provenance record: the caller's fields plus kmap's version, git commit and a UTC timestamp."""
+    import platform
+
+    record: dict[str, Any] = dict(fields)
+    record.setdefault("kmap_version", kmap.__version__)
+    record.setdefault("git", git_describe())
+    record.setdefault("python", platform.python_version())
+    record.setdefault("created_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return record
+
+
+def read_json(path: str | Path) -> Mapping[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,222 @@
+"""Model access: the only module that loads a model or a tokenizer.
+
+A ``ModelSpec`` comes from one entry of ``config['models']``; ``load_model`` turns it into a ``LoadedModel``
+(eval mode, no KV cache for analysis forwards, safetensors only) whose ``parts`` expose the decoder layers
+uniformly for every supported architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kmap.architectures import ModelParts, parts
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("none", "8bit", "4bit")
+KINDS = ("demo", "tiny", "hf")
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be loaded as configured; the message names the model, the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One configured model. ``source`` is a hub id ("org/name") or a local directory."""
+
+    name: str
+    kind: str
+    source: str
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    quantization: str = "none"
+    trust_remote_code: bool = False
+    n_layers: int | None = None
+    architecture: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("demo", "tiny") or self.source.startswith(("/", "./", "../", "~"))
+
+    def provenance(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["resolved_revision"] = resolved_revision(self)
+        return record
+
+
+def resolved_revision(spec: ModelSpec) -> str | None:
+    """The exact weights used: the configured revision, or the content hash of a local safetensors index."""
+    if not spec.is_local:
+        return spec.revision
+    root = Path(spec.source).expanduser()
+    from kmap.io import file_sha256
+
+    weights = sorted(root.glob("*.safetensors"))
+    if not weights:
+        return None
+    if len(weights) == 1:
+        return "sha256:" + file_sha256(weights[0])[:16]
+    index = root / "model.safetensors.index.json"
+    return "sha256:" + file_sha256(index)[:16] if index.exists() else None
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    parts: ModelParts
+    load_seconds: float
+
+    @property
+    def n_layers(self) -> int:
+        return self.parts.n_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts.embed.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.parts.embed.weight.shape[1]
+
+
+def check_local_weights(spec: ModelSpec) -> Path:
+    """Refuse a local model directory that is missing or holds only pickled weights."""
+    root = Path(spec.source).expanduser()
+    if not (root / "config.json").exists():
+        raise ModelLoadError(
+            f"model {spec.name!r}: no config.json in {root}; set models.{spec.name}.source in the config "
+            "to a directory saved with save_pretrained, or to a hub id 'org/name'"
+        )
+    if not any(root.glob("*.safetensors")):
+        pickles = sorted(p.name for p in root.glob("*.bin")) + sorted(p.name for p in root.glob("*.pt*"))
+        raise ModelLoadError(
+            f"model {spec.name!r}: {root} has no .safetensors weights"
+            + (f" (found pickled {', '.join(pickles)}, which kmap refuses to load)" if pickles else "")
+            + "; convert them with save_pretrained(..., safe_serialization=True)"
+        )
+    return root
+
+
+def _quantization_config(spec: ModelSpec) -> Any:
+    if spec.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=DTYPES.get(spec.dtype, torch.bfloat16),
+    )
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Right padding keeps every prompt's positions and causal context identical to an unbatched run.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(
+    spec: ModelSpec,
+    *,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    dtype: str | None = None,
+) -> LoadedModel:
+    """Load ``spec`` for analysis: eval mode, gradients off, KV cache off, safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    if spec.quantization not in QUANTIZATIONS:
+        raise ModelLoadError(
+            f"model {spec.name!r}: quantization {spec.quantization!r} not in {QUANTIZATIONS}"
+        )
+    if spec.is_local:
+        check_local_weights(spec)
+    dtype_name = dtype or spec.dtype
+    torch_dtype = "auto" if dtype_name == "auto" else DTYPES[dtype_name]
+    if device_map is None:
+        device_map = "auto" if torch.cuda.is_available() else None
+    started = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.source,
+            revision=spec.revision,
+            dtype=torch_dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            quantization_config=_quantization_config(spec),
+            trust_remote_code=spec.trust_remote_code,
+            use_safetensors=True,
+        )
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not spec.trust_remote_code:
+            raise ModelLoadError(
+                f"model {spec.name!r} needs custom code; if you trust {spec.source}, set "
+                f"models.{spec.name}.trust_remote_code: true in the config"
+            ) from error
+        raise
+    model.eval()
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    tokenizer = load_tokenizer(spec)
+    seconds = time.perf_counter() - started
+    loaded = LoadedModel(
+        spec=spec, model=model, tokenizer=tokenizer, parts=parts(model), load_seconds=seconds
+    )
+    log.info(
+        "loaded %s (%s) in %.1f s: %d layers, hidden %d, dtype %s, device %s",
+        spec.name,
+        spec.source,
+        seconds,
+        loaded.n_layers,
+        loaded.hidden_size,
+        next(model.parameters()).dtype,
+        loaded.device,
+    )
+    return loaded
+
+
+def describe_devices() -> dict[str, Any]:
+    """What this job got: logged at the start of every model job (sites do hand out the wrong GPUs)."""
+    info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpus"] = [
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_gib": torch.cuda.get_device_properties(i).total_memory / 2**30,
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+    info["threads"] = torch.get_num_threads()
+    return info
+
+
+def encode(tokenizer: Any, texts: list[str], device: torch.device | None = None) -> dict[str, Tensor]:
+    """Right-padded batch with offsets (used to find concept spans)."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+    return {key: value.to(device) if device is not None else value for key, value in batch.items()}
+
+
+def local_config(spec: ModelSpec) -> dict[str, Any]:
+    return json.loads((Path(spec.source).expanduser() / "config.json").read_text())
