@@ -1,0 +1,81 @@
+# Config validation, model specs, wildcard constraints and target helpers. Runs at parse time, so every
+# problem with the config or the prompt sets stops the workflow before any job (and any GPU) starts.
+import os
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+# Jobs (local or on SLURM nodes) import kmap from this checkout, with or without `pip install -e .`.
+sys.path.insert(0, str(SCRIPTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))
+
+from kmap.config import check_config, model_specs
+from kmap.io import code_version
+from kmap.prompts import validate_all
+
+
+# Friendly, complete problem list first; then Snakemake's own validation fills schema defaults.
+config.update(
+    check_config(config, Path(workflow.basedir) / "config" / "schema.yaml", source="the configuration")
+)
+
+
+validate(config, "../config/schema.yaml")
+
+RESULTS = config["results"]
+PROMPTS = config["prompts"]
+DOMAINS = config["domains"]
+SPECS = model_specs(config)
+MODELS = list(SPECS)
+
+validate_all(Path(PROMPTS), DOMAINS)
+
+
+def names_of(kind):
+    return [name for name, spec in SPECS.items() if spec.kind == kind]
+
+
+def alternation(names):
+    # A pattern that matches nothing when the list is empty, so a rule without models never matches.
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    model=alternation(MODELS),
+    domain=alternation(DOMAINS),
+    demo_model=alternation(names_of("demo")),
+    tiny_model=alternation(names_of("tiny")),
+
+
+def spec_dict(wildcards):
+    return asdict(SPECS[wildcards.model])
+
+
+def local_model_dir(wildcards):
+    """The model directory a job depends on: built by the workflow for demo and tiny models."""
+    spec = SPECS[wildcards.model]
+    return [spec.source] if spec.kind in ("demo", "tiny") else []
+
+
+def gpus(wildcards):
+    # Demo and tiny models run on CPU; hub models get one GPU until per-model GPU plans exist.
+    return 0 if SPECS[wildcards.model].kind in ("demo", "tiny") else 1
+
+
+def prompt_file(wildcards):
+    return f"{PROMPTS}/{wildcards.domain}.csv"
+
+
+def activation_targets():
+    return expand(f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors", model=MODELS, domain=DOMAINS)
+
+
+def all_targets():
+    demo = expand(f"{RESULTS}/demo/{{model}}/metrics.json", model=names_of("demo"))
+    return demo + activation_targets()

@@ -1,0 +1,122 @@
+"""Config validation: every broken config fails with the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kmap.config import ConfigError, check_config, model_specs
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+def _default() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = check_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+    specs = model_specs(config)
+    assert specs, "no models"
+    if name == "paper.yaml":
+        assert {s.kind for s in specs.values()} == {"hf"}
+        assert specs["llama-3.3-70b"].n_layers == 80
+        assert all(not s.trust_remote_code for s in specs.values())
+
+
+def test_defaults_filled() -> None:
+    config = _default()
+    del config["activations"]
+    config["models"]["demo"].pop("dtype")
+    filled = check_config(config, SCHEMA)
+    assert filled["activations"] == {"position": "last", "dtype": "float32", "batch_size": 16}
+    assert filled["models"]["demo"]["dtype"] == "bfloat16"
+    assert filled["models"]["demo"]["trust_remote_code"] is False
+    assert "activations" not in config, "input must not be modified"
+
+
+def _hf(**entry: object) -> dict:
+    config = _default()
+    config["models"] = {"m": {"kind": "hf", "source": "org/model", "n_layers": 4, **entry}}
+    return config
+
+
+BROKEN = [
+    (lambda c: c["models"]["demo"].update(dtype="float64"), ["models.demo.dtype", "'float64'", "bfloat16"]),
+    (
+        lambda c: c["models"]["demo"].update(quantization="3bit"),
+        ["models.demo.quantization", "'3bit'", "4bit"],
+    ),
+    (lambda c: c.update(domains=["age", "genetics"]), ["domains.1", "'genetics'", "symptoms"]),
+    (lambda c: c.update(methods=["umap", "probing"]), ["methods.1", "'probing'", "patching"]),
+    (lambda c: c["models"]["tiny-llama"].pop("architecture"), ["models.tiny-llama", "architecture"]),
+    (lambda c: c["models"]["demo"].update(colour="red"), ["models.demo", "colour", "known keys"]),
+    (lambda c: c["models"].update({"bad name!": {"kind": "demo"}}), ["models", "bad name!"]),
+    (lambda c: c["activations"].update(batch_size=0), ["activations.batch_size", "minimum"]),
+    (lambda c: c["models"]["demo"].update(source="/x"), ["models.demo.source", "remove 'source'"]),
+]
+
+
+@pytest.mark.parametrize(("breaks", "expected"), BROKEN)
+def test_broken_config_names_key_value_and_fix(breaks, expected: list[str]) -> None:
+    config = _default()
+    breaks(config)
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, SCHEMA, source="config/test.yaml")
+    message = str(caught.value)
+    assert "config/test.yaml" in message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_all_problems_reported_at_once() -> None:
+    config = _default()
+    config["models"]["demo"]["dtype"] = "float64"
+    config["domains"] = ["nope"]
+    with pytest.raises(ConfigError) as caught:
+        check_config(config, SCHEMA)
+    assert "models.demo.dtype" in str(caught.value) and "domains.0" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("not a hub id", "neither a hub id"),
+        ("./does/not/exist", "has no config.json"),
+    ],
+)
+def test_hf_source_checked(source: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        check_config(_hf(source=source), SCHEMA)
+
+
+def test_hf_needs_n_layers() -> None:
+    config = _hf()
+    del config["models"]["m"]["n_layers"]
+    with pytest.raises(ConfigError, match="models.m: missing required key 'n_layers'"):
+        check_config(config, SCHEMA)
+
+
+def test_local_pickle_only_and_remote_code_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ConfigError, match="no .safetensors weights"):
+        check_config(_hf(source=str(tmp_path)), SCHEMA)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.M"}}))
+    with pytest.raises(ConfigError, match="models.m.trust_remote_code"):
+        check_config(_hf(source=str(tmp_path)), SCHEMA)
+    config = check_config(_hf(source=str(tmp_path), trust_remote_code=True), SCHEMA)
+    assert model_specs(config)["m"].trust_remote_code is True
+
+
+def test_model_specs_place_built_models_under_results() -> None:
+    config = check_config(copy.deepcopy(_default()), SCHEMA)
+    specs = model_specs(config)
+    assert specs["demo"].source == "results/models/demo"
+    assert specs["tiny-gemma3"].architecture == "gemma3"

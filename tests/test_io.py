@@ -1,0 +1,43 @@
+"""Atomic output: a failure mid-write leaves neither the target nor debris; success replaces in one step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kmap.io import atomic_output, code_version, stable_hash, write_json_atomic
+
+
+def test_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_keeps_previous_version(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_json_atomic(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("{")
+        raise RuntimeError
+    assert target.read_text().strip().startswith("{\n") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_directory_output_replaced_whole(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic_output(target, directory=True) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_output(target, directory=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_hashes_are_stable_and_sensitive() -> None:
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+    assert code_version("io", "hooks") == code_version("hooks", "io")
+    assert code_version("io") != code_version("hooks")
