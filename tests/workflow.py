@@ -1,0 +1,53 @@
+"""Helpers to run the workflow in a scratch copy of the repository (so tests never touch results/)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profiles", "envs")
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def write_config(dest: Path, config: dict, name: str = "test.yaml") -> Path:
+    path = dest / "config" / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 1200
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run: rule -> count (empty when nothing is planned)."""
+    counts: dict[str, int] = {}
+    match = re.search(r"Job stats:\n(.*?)\n\s*\n", output + "\n\n", re.S)
+    if not match:
+        return counts
+    for line in match.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
