@@ -13,16 +13,17 @@ rule activations:
         model=spec_dict,
         settings=config["activations"],
         prompts_dir=PROMPTS,
+        max_memory=max_memory("forward"),
         code=code_version("activations", "models", "hooks", "architectures", "prompts"),
     log:
         f"{RESULTS}/logs/activations/{{model}}/{{domain}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/activations/{{model}}/{{domain}}.tsv"
-    threads: 2
+    threads: planned("forward", "cpus")
     resources:
-        gpu=gpus,
-        mem_mb=8000,
-        runtime=60,
+        gpu=planned("forward", "gpus"),
+        mem_mb=planned("forward", "mem_mb"),
+        runtime=planned("forward", "runtime_min"),
     conda:
         "../envs/gpu.yaml"
     script:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(SCRIPTS))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))
 
 from kmap.config import check_config, model_specs
+from kmap.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
 from kmap.io import code_version
 from kmap.prompts import validate_all
 
@@ -63,9 +64,37 @@ def local_model_dir(wildcards):
     return [spec.source] if spec.kind in ("demo", "tiny") else []
 
 
-def gpus(wildcards):
-    # Demo and tiny models run on CPU; hub models get one GPU until per-model GPU plans exist.
-    return 0 if SPECS[wildcards.model].kind in ("demo", "tiny") else 1
+def make_plans():
+    # Every plan is computed at start, so a model that cannot fit the configured GPUs fails the dry run.
+    settings = GpuSettings(**config["gpu"])
+    snapshots = Path(workflow.basedir) / "config" / "hf_configs"
+    plans = {}
+    for name, spec in SPECS.items():
+        arch = config_snapshot(spec, snapshots) if spec.kind == "hf" else None
+        for stage in STAGES:
+            plans[name, stage] = (
+                plan(spec, arch, stage, settings) if arch else cpu_plan(spec, stage)
+            )
+    return plans
+
+
+PLANS = make_plans()
+
+
+def planned(stage, field):
+    """A resource (or param) of the model's GPU plan for a stage: forward or gradient."""
+
+    def get(wildcards):
+        return getattr(PLANS[wildcards.model, stage], field)
+
+    return get
+
+
+def max_memory(stage):
+    def get(wildcards):
+        return PLANS[wildcards.model, stage].max_memory()
+
+    return get
 
 
 def prompt_file(wildcards):

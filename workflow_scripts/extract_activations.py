@@ -12,7 +12,7 @@ spec = ModelSpec(**sm.params.model)
 settings = ActivationSettings(**sm.params.settings)
 prompts = load_prompt_set(sm.wildcards.domain, sm.params.prompts_dir)
 log.info("devices: %s", describe_devices())
-loaded = load_model(spec)
+loaded = load_model(spec, max_memory=sm.params.max_memory or None)
 frame = prompts.frame
 acts, n_tokens = extract(
     loaded,

@@ -10,6 +10,7 @@ weights do not have, so it plans the model dequantized to bf16.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -81,16 +82,22 @@ def config_snapshot(spec: ModelSpec, snapshots: Path) -> dict[str, Any]:
 
 
 def _meta_parameters(arch: dict[str, Any]) -> dict[str, int]:
+    return dict(_meta_parameters_cached(json.dumps(arch, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_parameters_cached(arch_json: str) -> tuple[tuple[str, int], ...]:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    arch = json.loads(arch_json)
     fields = {
         k: v for k, v in arch.items() if k not in ("architectures", "quantization_config", "torch_dtype")
     }
     config = AutoConfig.for_model(**fields)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
-    return {name: p.numel() for name, p in model.named_parameters()}
+    return tuple((name, p.numel()) for name, p in model.named_parameters())
 
 
 def weight_bytes(params: dict[str, int], dtype: str, quantization: str) -> float:

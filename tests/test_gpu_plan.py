@@ -1,0 +1,75 @@
+"""GPU plans from architecture configs alone: the study's models get the GPU counts a person would pick."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from kmap.config import check_config, model_specs
+from kmap.gpu_plan import GpuSettings, PlanError, config_snapshot, plan, weight_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+SNAPSHOTS = REPO / "config" / "hf_configs"
+
+
+@pytest.fixture(scope="module")
+def specs():
+    config = check_config(
+        yaml.safe_load((REPO / "config" / "paper.yaml").read_text()), REPO / "config" / "schema.yaml"
+    )
+    return model_specs(config)
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization", "stage", "gpus", "gib"),
+    [
+        ("llama-3.3-70b", "none", "forward", 2, (128, 135)),
+        ("llama-3.3-70b", "4bit", "forward", 1, (34, 42)),
+        ("gemma-3-27b", "none", "forward", 1, (48, 56)),
+        ("medgemma-27b", "none", "forward", 1, (48, 56)),
+        ("qwen-32b", "none", "forward", 1, (58, 64)),
+        ("gpt-oss-120b", "none", "forward", 1, (55, 68)),  # native MXFP4 experts
+        ("gpt-oss-120b", "none", "gradient", 3, (210, 225)),  # dequantized to bf16 for weight gradients
+    ],
+)
+def test_study_plans(
+    specs, model: str, quantization: str, stage: str, gpus: int, gib: tuple[int, int]
+) -> None:
+    spec = replace(specs[model], quantization=quantization)
+    result = plan(spec, config_snapshot(spec, SNAPSHOTS), stage, GpuSettings())
+    assert gib[0] <= result.weight_gib <= gib[1]
+    assert result.gpus >= gpus if stage == "gradient" else result.gpus == gpus
+    # The max_memory split holds the weights with the headroom left free.
+    assert result.gpus * result.max_memory_gib >= result.weight_gib
+    assert result.max_memory_gib == 80 - 6 if stage == "forward" else 80 - 10
+
+
+def test_llama_parameter_count_is_exact(specs) -> None:
+    spec = specs["llama-3.3-70b"]
+    result = plan(spec, config_snapshot(spec, SNAPSHOTS), "forward", GpuSettings())
+    # 80 layers x (attention 4*8192^2 * (1 + 2*8/64)/2... ) computed independently below.
+    h, i, v, layers, kv = 8192, 28672, 128256, 80, 1024
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+    assert result.n_params == layers * per_layer + 2 * v * h + h
+
+
+def test_too_small_gpus_fail_with_fix(specs) -> None:
+    spec = specs["llama-3.3-70b"]
+    with pytest.raises(PlanError) as caught:
+        plan(spec, config_snapshot(spec, SNAPSHOTS), "forward", GpuSettings(memory_gib=24, max_gpus=4))
+    message = str(caught.value)
+    assert "'llama-3.3-70b'" in message and "quantization" in message and "gpu.max_gpus" in message
+
+
+def test_missing_snapshot_names_file(tmp_path: Path, specs) -> None:
+    spec = replace(specs["qwen-32b"], source="nobody/not-a-model-xyz")
+    with pytest.raises(PlanError, match="nobody--not-a-model-xyz.json"):
+        config_snapshot(spec, tmp_path)
+
+
+def test_quantized_bytes() -> None:
+    params = {"model.embed_tokens.weight": 1000, "model.layers.0.mlp.up_proj.weight": 4096}
+    assert weight_bytes(params, "bfloat16", "none") == 2 * 5096
+    assert weight_bytes(params, "bfloat16", "4bit") == 2 * 1000 + 4096 * (0.5 + 4 / 64)
