@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
+
 from kmap.models import LoadedModel, ModelSpec, load_model
 from kmap.tiny import ARCHITECTURES, build_tiny_model
 

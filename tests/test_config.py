@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kmap.config import ConfigError, check_config, model_specs
 
 REPO = Path(__file__).resolve().parents[1]

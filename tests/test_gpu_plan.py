@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kmap.config import check_config, model_specs
 from kmap.gpu_plan import GpuSettings, PlanError, config_snapshot, plan, weight_bytes
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kmap.hooks import EMBEDDINGS, capture, gather_rows, identity, last_token_index, overwrite
 from kmap.models import LoadedModel, encode
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kmap.io import atomic_output, code_version, stable_hash, write_json_atomic
 
 
