@@ -17,9 +17,7 @@ SNAPSHOTS = REPO / "config" / "hf_configs"
 
 @pytest.fixture(scope="module")
 def specs():
-    config = check_config(
-        yaml.safe_load((REPO / "config" / "paper.yaml").read_text()), REPO / "config" / "schema.yaml"
-    )
+    config = check_config(yaml.safe_load((REPO / "config" / "paper.yaml").read_text()), REPO / "config" / "schema.yaml")
     return model_specs(config)
 
 
@@ -35,9 +33,7 @@ def specs():
         ("gpt-oss-120b", "none", "gradient", 3, (210, 225)),  # dequantized to bf16 for weight gradients
     ],
 )
-def test_study_plans(
-    specs, model: str, quantization: str, stage: str, gpus: int, gib: tuple[int, int]
-) -> None:
+def test_study_plans(specs, model: str, quantization: str, stage: str, gpus: int, gib: tuple[int, int]) -> None:
     spec = replace(specs[model], quantization=quantization)
     result = plan(spec, config_snapshot(spec, SNAPSHOTS), stage, GpuSettings())
     assert gib[0] <= result.weight_gib <= gib[1]

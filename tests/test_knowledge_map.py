@@ -34,9 +34,7 @@ def _tables(method: str, metric: str, curve: np.ndarray, domain: str = "disease"
         for b in range(100)
         for layer, value in zip(LAYERS, curve, strict=True)
     ]
-    replicates = pd.DataFrame(
-        reps, columns=["model", "domain", "method", "layer", "metric", "replicate", "value"]
-    )
+    replicates = pd.DataFrame(reps, columns=["model", "domain", "method", "layer", "metric", "replicate", "value"])
     return metrics, replicates
 
 
@@ -87,9 +85,7 @@ def test_map_figure_draws_selected_and_consensus_cells(tmp_path: Path) -> None:
     for domain in ("age", "disease"):
         for method, centre in [("patching", 8), ("saliency", 8)]:
             metrics, reps = _tables(method, "v", _bump(centre), domain=domain)
-            cells.append(
-                curve_intervals(curve_from_tables(metrics, reps, "v", "percentile"), RuleParams())[1]
-            )
+            cells.append(curve_intervals(curve_from_tables(metrics, reps, "v", "percentile"), RuleParams())[1])
     cells = pd.concat(cells)
     agree = consensus(cells)
     drawn = draw_map(cells, agree, tmp_path / "map.png", tmp_path / "map.pdf", "m")

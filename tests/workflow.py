@@ -30,9 +30,7 @@ def write_config(dest: Path, config: dict, name: str = "test.yaml") -> Path:
     return path
 
 
-def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 1200
-) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

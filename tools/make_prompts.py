@@ -35,9 +35,7 @@ def generated(prompts_dir: Path) -> dict[Path, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=Path, default=Path("prompts"))
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()

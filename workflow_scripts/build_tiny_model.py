@@ -12,8 +12,6 @@ with atomic_output(sm.output.model, directory=True) as tmp:
     build_tiny_model(sm.params.architecture, words, tmp, **sm.params.shape)
     write_json_atomic(
         tmp / "kmap_provenance.json",
-        provenance(
-            kind="tiny", code_version=sm.params.code, architecture=sm.params.architecture, **sm.params.shape
-        ),
+        provenance(kind="tiny", code_version=sm.params.code, architecture=sm.params.architecture, **sm.params.shape),
     )
 log.info("built tiny %s model in %s", sm.params.architecture, sm.output.model)

@@ -48,9 +48,7 @@ class ActivationSettings:
             raise ValueError(f"activations.dtype must be one of {sorted(STORAGE_DTYPES)}, not {self.dtype!r}")
 
 
-def concept_mask(
-    offsets: Tensor, attention_mask: Tensor, texts: Sequence[str], concepts: Sequence[str]
-) -> Tensor:
+def concept_mask(offsets: Tensor, attention_mask: Tensor, texts: Sequence[str], concepts: Sequence[str]) -> Tensor:
     """Tokens whose character span overlaps the first occurrence of each row's concept: [B, T] bool.
 
     Falls back to the last real token where the concept is not found, so a row is never empty.
@@ -95,9 +93,7 @@ def extract(
         stop = min(start + settings.batch_size, len(texts))
         chunk = list(texts[start:stop])
         batch = encode(loaded.tokenizer, chunk, loaded.device)
-        reduce = _reducer(
-            batch, chunk, concepts[start:stop] if concepts is not None else None, settings.position
-        )
+        reduce = _reducer(batch, chunk, concepts[start:stop] if concepts is not None else None, settings.position)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         with torch.inference_mode(), capture(layers, reduce) as captured:
             # The base model skips the LM head: its logits are not needed here.

@@ -106,15 +106,11 @@ def _model_problems(name: str, entry: dict[str, Any]) -> list[str]:
             "(start local paths with '/', './' or '~')"
         )
     if entry.get("quantization", "none") != "none" and entry.get("dtype") == "float32":
-        problems.append(
-            f"{key}.dtype: bitsandbytes {entry['quantization']} computes in bfloat16/float16, not float32"
-        )
+        problems.append(f"{key}.dtype: bitsandbytes {entry['quantization']} computes in bfloat16/float16, not float32")
     return problems
 
 
-def check_config(
-    config: dict[str, Any], schema_path: str | Path, source: str = "the config"
-) -> dict[str, Any]:
+def check_config(config: dict[str, Any], schema_path: str | Path, source: str = "the config") -> dict[str, Any]:
     """Validate ``config``; return it with defaults filled, or raise ConfigError listing every problem."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = Draft202012Validator(schema)
@@ -126,9 +122,7 @@ def check_config(
             problems.extend(_model_problems(name, entry))
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
-        raise ConfigError(
-            f"invalid configuration in {source}:\n{lines}\n(see config/README.md for every key)"
-        )
+        raise ConfigError(f"invalid configuration in {source}:\n{lines}\n(see config/README.md for every key)")
     return filled
 
 

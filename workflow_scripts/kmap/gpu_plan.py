@@ -91,9 +91,7 @@ def _meta_parameters_cached(arch_json: str) -> tuple[tuple[str, int], ...]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     arch = json.loads(arch_json)
-    fields = {
-        k: v for k, v in arch.items() if k not in ("architectures", "quantization_config", "torch_dtype")
-    }
+    fields = {k: v for k, v in arch.items() if k not in ("architectures", "quantization_config", "torch_dtype")}
     config = AutoConfig.for_model(**fields)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)

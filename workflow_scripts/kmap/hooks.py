@@ -130,9 +130,7 @@ def overwrite(layers: nn.ModuleList, patches: Mapping[int, tuple[Tensor, Tensor]
             handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
         else:
 
-            def hook(
-                module: nn.Module, args: tuple, output: Tensor | tuple, mix: Reduce = mix
-            ) -> Tensor | tuple:
+            def hook(module: nn.Module, args: tuple, output: Tensor | tuple, mix: Reduce = mix) -> Tensor | tuple:
                 return _replace_out(output, mix(_hidden_out(output)))
 
             handles.append(layers[index].register_forward_hook(hook))

@@ -90,9 +90,7 @@ def within_best_ci(layers: np.ndarray, values: np.ndarray, ci_low: np.ndarray) -
     best = int(np.nanargmax(values))
     floor = ci_low[best] if np.isfinite(ci_low[best]) else values[best]
     mask = np.isfinite(values) & (values >= floor)
-    return [
-        Interval(int(layers[a]), int(layers[b]), float(np.nanmax(values[a : b + 1]))) for a, b in _runs(mask)
-    ]
+    return [Interval(int(layers[a]), int(layers[b]), float(np.nanmax(values[a : b + 1]))) for a, b in _runs(mask)]
 
 
 def above_percentile(layers: np.ndarray, smoothed: np.ndarray, params: RuleParams) -> list[Interval]:
@@ -143,9 +141,7 @@ def selected_mask(layers: np.ndarray, intervals: list[Interval]) -> np.ndarray:
     return mask
 
 
-def stability(
-    rule: str, layers: np.ndarray, replicates: np.ndarray, params: RuleParams = RuleParams()
-) -> np.ndarray:
+def stability(rule: str, layers: np.ndarray, replicates: np.ndarray, params: RuleParams = RuleParams()) -> np.ndarray:
     """Fraction of bootstrap replicate curves ([B, n_layers]) in which each layer is selected.
 
     ``best_ci`` has no per-replicate CI; on a replicate it selects that replicate's best layer run within

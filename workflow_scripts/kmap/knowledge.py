@@ -152,9 +152,7 @@ def _problems(kb: Knowledge) -> list[str]:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         problems += [f"{kind} {n!r} is listed twice" for n in duplicates]
     problems += [
-        f"symptom {s.name!r}: unknown organ system {s.system!r}"
-        for s in kb.symptoms
-        if s.system not in systems
+        f"symptom {s.name!r}: unknown organ system {s.system!r}" for s in kb.symptoms if s.system not in systems
     ]
     shorts = [d.short for d in kb.diseases]
     for d in kb.diseases:
@@ -170,9 +168,7 @@ def _problems(kb: Knowledge) -> list[str]:
         if len(split_words(d.short)) != 1 or shorts.count(d.short) > 1:
             problems.append(f"{where}: short name {d.short!r} must be one word, unique among diseases")
     for drug in kb.drugs:
-        problems += [
-            f"drug {drug.name!r}: treats unknown disease {t!r}" for t in drug.treats if t not in disease_names
-        ]
+        problems += [f"drug {drug.name!r}: treats unknown disease {t!r}" for t in drug.treats if t not in disease_names]
         if not drug.doses:
             problems.append(f"drug {drug.name!r}: needs at least one dose")
     for p in kb.progressions:

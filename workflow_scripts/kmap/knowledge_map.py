@@ -52,9 +52,7 @@ def choose_metric(available: Sequence[str], candidates: Sequence[str]) -> str | 
     return None
 
 
-def curve_from_tables(
-    metrics: pd.DataFrame, replicates: pd.DataFrame | None, metric: str, rule: str
-) -> MapCurve:
+def curve_from_tables(metrics: pd.DataFrame, replicates: pd.DataFrame | None, metric: str, rule: str) -> MapCurve:
     """One curve from a method's tidy tables (all rows of one model, domain and method)."""
     rows = metrics[metrics["metric"] == metric].sort_values("layer")
     if rows.empty:
@@ -63,9 +61,7 @@ def curve_from_tables(
     layers = rows["layer"].to_numpy()
     reps = None
     if replicates is not None and not replicates.empty:
-        wide = replicates[replicates["metric"] == metric].pivot(
-            index="replicate", columns="layer", values="value"
-        )
+        wide = replicates[replicates["metric"] == metric].pivot(index="replicate", columns="layer", values="value")
         if not wide.empty:
             reps = wide.reindex(columns=layers).to_numpy(dtype=float)
     return MapCurve(
@@ -130,9 +126,7 @@ def curve_intervals(curve: MapCurve, params: RuleParams) -> tuple[pd.DataFrame, 
 def consensus(cells: pd.DataFrame, min_methods: int = 2) -> pd.DataFrame:
     """Per (model, domain, layer): how many methods select the layer, and whether that makes consensus."""
     chosen = cells[cells["selected"]]
-    counts = (
-        chosen.groupby(["model", "domain", "layer"])["method"].nunique().rename("n_methods").reset_index()
-    )
+    counts = chosen.groupby(["model", "domain", "layer"])["method"].nunique().rename("n_methods").reset_index()
     counts["consensus"] = counts["n_methods"] >= min_methods
     return counts
 

@@ -39,13 +39,7 @@ def draw_map(
     domains = list(dict.fromkeys(cells["domain"]))
     methods = [m for m in METHOD_ORDER if m in set(cells["method"])]
     n_bands = max(len(methods), 1)
-    width = (
-        1.0
-        if x == "layer"
-        else float(np.min(np.diff(np.unique(cells[x]))))
-        if cells[x].nunique() > 1
-        else 1.0
-    )
+    width = 1.0 if x == "layer" else float(np.min(np.diff(np.unique(cells[x])))) if cells[x].nunique() > 1 else 1.0
     fig, ax = plt.subplots(figsize=(max(6, 0.12 * cells["layer"].nunique() + 3), 0.7 * len(domains) + 1.5))
     drawn = {"selected_cells": 0, "consensus_cells": 0}
     for row, domain in enumerate(domains):
@@ -66,12 +60,8 @@ def draw_map(
                 drawn["selected_cells"] += 1
         agree = consensus[(consensus["domain"] == domain) & consensus["consensus"]]
         for _, cell in agree.iterrows():
-            position = (
-                cell["layer"] if x == "layer" else cells.loc[cells["layer"] == cell["layer"], x].iloc[0]
-            )
-            ax.add_patch(
-                Rectangle((position - width / 2, row), width, 1, fill=False, edgecolor="black", lw=1.2)
-            )
+            position = cell["layer"] if x == "layer" else cells.loc[cells["layer"] == cell["layer"], x].iloc[0]
+            ax.add_patch(Rectangle((position - width / 2, row), width, 1, fill=False, edgecolor="black", lw=1.2))
             drawn["consensus_cells"] += 1
     low, high = cells[x].min() - width / 2, cells[x].max() + width / 2
     ax.set_xlim(low, high)

@@ -148,9 +148,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     if spec.quantization not in QUANTIZATIONS:
-        raise ModelLoadError(
-            f"model {spec.name!r}: quantization {spec.quantization!r} not in {QUANTIZATIONS}"
-        )
+        raise ModelLoadError(f"model {spec.name!r}: quantization {spec.quantization!r} not in {QUANTIZATIONS}")
     if spec.is_local:
         check_local_weights(spec)
     dtype_name = dtype or spec.dtype
@@ -181,9 +179,7 @@ def load_model(
     model.config.use_cache = False
     tokenizer = load_tokenizer(spec)
     seconds = time.perf_counter() - started
-    loaded = LoadedModel(
-        spec=spec, model=model, tokenizer=tokenizer, parts=parts(model), load_seconds=seconds
-    )
+    loaded = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, parts=parts(model), load_seconds=seconds)
     log.info(
         "loaded %s (%s) in %.1f s: %d layers, hidden %d, dtype %s, device %s",
         spec.name,

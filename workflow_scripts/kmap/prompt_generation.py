@@ -166,9 +166,7 @@ def dosage_prompts(kb: Knowledge) -> pd.DataFrame:
     for drug in kb.drugs:
         for i, dose in enumerate(drug.doses):
             answer = f"{dose.value_text} {dose.unit} {dose.frequency}"
-            statement = DOSE_STATEMENT.format(
-                drug=drug.name, value=dose.value_text, unit=dose.unit, frequency=""
-            )
+            statement = DOSE_STATEMENT.format(drug=drug.name, value=dose.value_text, unit=dose.unit, frequency="")
             common = {"concept": drug.name, "drug": drug.name, "dose": dose.value_text, "unit": dose.unit}
             rows.append(
                 {
@@ -195,9 +193,7 @@ def dosage_prompts(kb: Knowledge) -> pd.DataFrame:
 # --- patching pairs: clean and corrupted differ in one concept word; each answer is one word ---
 
 
-def _pair(
-    pair_id: str, clean: str, corrupted: str, clean_answer: str, corrupted_answer: str
-) -> dict[str, str]:
+def _pair(pair_id: str, clean: str, corrupted: str, clean_answer: str, corrupted_answer: str) -> dict[str, str]:
     return {
         "id": pair_id,
         "clean": clean,
@@ -223,16 +219,8 @@ def diagnosis_pairs(kb: Knowledge, limit: int = 60) -> list[dict[str, str]]:
     pairs = []
     for a, b in itertools.combinations(kb.diseases, 2):
         for shared in (s for s in a.symptoms if s in b.symptoms and _one_word(s)):
-            own_a = [
-                s
-                for s in a.symptoms
-                if _one_word(s) and s not in b.symptoms and identifies(kb, a, (s, shared))
-            ]
-            own_b = [
-                s
-                for s in b.symptoms
-                if _one_word(s) and s not in a.symptoms and identifies(kb, b, (s, shared))
-            ]
+            own_a = [s for s in a.symptoms if _one_word(s) and s not in b.symptoms and identifies(kb, a, (s, shared))]
+            own_b = [s for s in b.symptoms if _one_word(s) and s not in a.symptoms and identifies(kb, b, (s, shared))]
             if own_a and own_b:
                 clean = DIAGNOSIS.format(first=own_a[0], second=shared)
                 corrupted = DIAGNOSIS.format(first=own_b[0], second=shared)
@@ -249,9 +237,9 @@ def age_pairs(kb: Knowledge) -> list[dict[str, str]]:
         young = [age for age in range(101) if fits(a, age) and not fits(b, age)]
         old = [age for age in range(101) if fits(b, age) and not fits(a, age)]
         if len(shared) >= 2 and young and old and a.age_range[1] < b.age_range[1]:
-            for k, (age_a, age_b) in enumerate(
-                zip(young[:: max(1, len(young) // 3)], old[:: max(1, len(old) // 3)])
-            ):
+            # Up to ~3 age pairs spread over each disease's exclusive ages (zip stops at the shorter list).
+            spread = zip(young[:: max(1, len(young) // 3)], old[:: max(1, len(old) // 3)], strict=False)
+            for k, (age_a, age_b) in enumerate(spread):
                 clean = AGE_DIAGNOSIS.format(age=age_a, first=shared[0], second=shared[1])
                 corrupted = AGE_DIAGNOSIS.format(age=age_b, first=shared[0], second=shared[1])
                 pairs.append(_pair(f"age-{a.short}-{b.short}-{k}", clean, corrupted, a.short, b.short))

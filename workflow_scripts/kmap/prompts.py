@@ -66,17 +66,13 @@ def allowed_values(kb: Knowledge, source: str) -> set[str]:
         "units": lambda: {dose.unit for d in kb.drugs for dose in d.doses},
     }
     if source not in sources:
-        raise PromptSetError(
-            f"prompts/schema.yaml: unknown values_from {source!r}; use one of {sorted(sources)}"
-        )
+        raise PromptSetError(f"prompts/schema.yaml: unknown values_from {source!r}; use one of {sorted(sources)}")
     return sources[source]()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise PromptSetError(
-            f"{path}: file not found; create it (see prompts/schema.yaml) or remove the domain"
-        )
+        raise PromptSetError(f"{path}: file not found; create it (see prompts/schema.yaml) or remove the domain")
     raw = path.read_bytes()
     try:
         raw.decode("utf-8")
@@ -116,9 +112,7 @@ def _check_common(path: Path, frame: pd.DataFrame, required: list[str]) -> None:
             raise PromptSetError(f"{_where(path, int(frame.index[empty][0]), column)}: empty; fill it in")
 
 
-def _convert_label(
-    path: Path, frame: pd.DataFrame, column: str, rule: dict[str, Any], kb: Knowledge
-) -> pd.Series:
+def _convert_label(path: Path, frame: pd.DataFrame, column: str, rule: dict[str, Any], kb: Knowledge) -> pd.Series:
     kind = rule["type"]
     values = frame[column]
     if kind in ("int", "float"):
@@ -189,9 +183,7 @@ def load_pairs(domain: str, prompts_dir: str | Path, schema: dict[str, Any] | No
     for index, row in frame.iterrows():
         clean, corrupted = split_words(row["clean"]), split_words(row["corrupted"])
         if clean == corrupted:
-            raise PromptSetError(
-                f"{_where(path, index, 'corrupted')}: identical to clean; change one concept"
-            )
+            raise PromptSetError(f"{_where(path, index, 'corrupted')}: identical to clean; change one concept")
         if len(clean) != len(corrupted):
             raise PromptSetError(
                 f"{_where(path, index, 'corrupted')}: {len(corrupted)} words but clean has {len(clean)}; "
