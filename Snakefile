@@ -4,7 +4,11 @@
 # This file only includes rule files; helpers and config validation live in rules/common.smk.
 
 
-configfile: "config/config.yaml"
+# The default config applies only when none is given: --configfile replaces it instead of being merged
+# into it (a merged `models:` would run the demo models alongside the study's).
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -13,6 +17,6 @@ include: "rules/activations.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -27,15 +27,11 @@ def plain_forward(loaded, texts: list[str], batch_size: int) -> None:
     for start in range(0, len(texts), batch_size):
         batch = encode(loaded.tokenizer, texts[start : start + batch_size], loaded.device)
         with torch.inference_mode():
-            loaded.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            )
+            loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="results/models/demo")
     parser.add_argument("--prompts", default="prompts")
     parser.add_argument("--domain", default="disease")

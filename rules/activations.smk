@@ -9,22 +9,22 @@ rule activations:
         tensor=f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
         table=f"{RESULTS}/activations/{{model}}/{{domain}}.prompts.parquet",
         provenance=f"{RESULTS}/activations/{{model}}/{{domain}}.provenance.json",
+    log:
+        f"{RESULTS}/logs/activations/{{model}}/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/activations/{{model}}/{{domain}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    threads: planned("forward", "cpus")
+    resources:
+        gpu=planned("forward", "gpus"),
+        mem_mb=planned("forward", "mem_mb"),
+        runtime=planned("forward", "runtime_min"),
     params:
         model=spec_dict,
         settings=config["activations"],
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
         code=code_version("activations", "models", "hooks", "architectures", "prompts"),
-    log:
-        f"{RESULTS}/logs/activations/{{model}}/{{domain}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/activations/{{model}}/{{domain}}.tsv"
-    threads: planned("forward", "cpus")
-    resources:
-        gpu=planned("forward", "gpus"),
-        mem_mb=planned("forward", "mem_mb"),
-        runtime=planned("forward", "runtime_min"),
-    conda:
-        "../envs/gpu.yaml"
     script:
         "../workflow_scripts/extract_activations.py"

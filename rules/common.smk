@@ -1,6 +1,5 @@
 # Config validation, model specs, wildcard constraints and target helpers. Runs at parse time, so every
 # problem with the config or the prompt sets stops the workflow before any job (and any GPU) starts.
-import os
 import re
 import sys
 from dataclasses import asdict
@@ -11,19 +10,21 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
-# Jobs (local or on SLURM nodes) import kmap from this checkout, with or without `pip install -e .`.
+# Parse-time imports of kmap; jobs import it too, as Snakemake puts a script's own folder on sys.path.
 sys.path.insert(0, str(SCRIPTS))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPTS), os.environ.get("PYTHONPATH")]))
 
 from kmap.config import check_config, model_specs
 from kmap.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
 from kmap.io import code_version
 from kmap.prompts import validate_all
 
-
 # Friendly, complete problem list first; then Snakemake's own validation fills schema defaults.
 config.update(
-    check_config(config, Path(workflow.basedir) / "config" / "schema.yaml", source="the configuration")
+    check_config(
+        config,
+        Path(workflow.basedir) / "config" / "schema.yaml",
+        source="the configuration",
+    )
 )
 
 
@@ -102,7 +103,11 @@ def prompt_file(wildcards):
 
 
 def activation_targets():
-    return expand(f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors", model=MODELS, domain=DOMAINS)
+    return expand(
+        f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
+        model=MODELS,
+        domain=DOMAINS,
+    )
 
 
 def all_targets():

@@ -8,19 +8,19 @@ rule demo_model:
         model=directory(f"{RESULTS}/models/{{demo_model}}"),
         curve=f"{RESULTS}/demo/{{demo_model}}/training_curve.csv",
         metrics=f"{RESULTS}/demo/{{demo_model}}/metrics.json",
-    params:
-        demo=config["demo"],
-        code=code_version("demo_train", "demo_corpus", "demo_tokenizer", "knowledge"),
     log:
         f"{RESULTS}/logs/demo_model/{{demo_model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/demo_model/{{demo_model}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/gpu.yaml"
+    params:
+        demo=config["demo"],
+        code=code_version("demo_train", "demo_corpus", "demo_tokenizer", "knowledge"),
     script:
         "../workflow_scripts/build_demo_model.py"
 
@@ -30,17 +30,17 @@ rule tiny_model:
         knowledge=f"{PROMPTS}/knowledge.yaml",
     output:
         model=directory(f"{RESULTS}/models/{{tiny_model}}"),
-    params:
-        architecture=lambda wc: SPECS[wc.tiny_model].architecture,
-        shape=config["tiny"],
-        code=code_version("tiny", "knowledge"),
     log:
         f"{RESULTS}/logs/tiny_model/{{tiny_model}}.log",
+    conda:
+        "../envs/gpu.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/gpu.yaml"
+    params:
+        architecture=lambda wc: SPECS[wc.tiny_model].architecture,
+        shape=config["tiny"],
+        code=code_version("tiny", "knowledge"),
     script:
         "../workflow_scripts/build_tiny_model.py"
