@@ -29,18 +29,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DemoParams:
     seed: int = 0
-    n_sentences: int = 120_000
+    n_sentences: int = 100_000
     n_layers: int = 8
     hidden_size: int = 128
     n_heads: int = 4
     intermediate_size: int = 384
     max_len: int = 40
     batch_size: int = 96
-    steps: int = 2000
+    steps: int = 800
     lr: float = 3e-3
-    warmup: int = 100
+    warmup: int = 80
     weight_decay: float = 0.01
-    eval_every: int = 250
+    eval_every: int = 200
     n_eval: int = 400
     torch_threads: int = 2
 
