@@ -158,4 +158,4 @@ def plan(spec: ModelSpec, arch: dict[str, Any], stage: str, gpu: GpuSettings) ->
 
 def cpu_plan(spec: ModelSpec, stage: str) -> GpuPlan:
     """Demo and tiny models: no GPU, small host memory."""
-    return GpuPlan(spec.name, stage, 0, 0.0, 0, 0.0, 4000, 2, 30)
+    return GpuPlan(spec.name, stage, 0, 0.0, 0, 0.0, 4000, 1, 30)

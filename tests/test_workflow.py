@@ -1,0 +1,124 @@
+"""The workflow end to end in a scratch copy: a full run, rerun behaviour, and the study's dry run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kmap.activations import read_cache
+from tests.workflow import copy_workflow, job_counts, snakemake, write_config
+
+FAST = {
+    "results": "results",
+    "prompts": "prompts",
+    "models": {
+        "demo": {"kind": "demo", "dtype": "float32"},
+        "tiny-llama": {"kind": "tiny", "architecture": "llama", "dtype": "float32"},
+    },
+    "domains": ["age", "disease"],
+    "demo": {"steps": 20, "n_sentences": 2000, "n_layers": 2, "hidden_size": 32, "eval_every": 10, "n_eval": 20},
+    "tiny": {"n_layers": 2, "hidden_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = copy_workflow(tmp_path_factory.mktemp("wf"))
+    config = write_config(work, FAST)
+    snakemake(work, "--configfile", str(config))
+    return work
+
+
+def _plan(work: Path) -> dict[str, int]:
+    result = snakemake(work, "-n", "--configfile", "config/test.yaml")
+    return job_counts(result.stdout + result.stderr)
+
+
+def test_full_run_outputs(ran: Path) -> None:
+    for model, layers in (("demo", 2), ("tiny-llama", 2)):
+        for domain in ("age", "disease"):
+            base = ran / "results" / "activations" / model / domain
+            cache = read_cache(f"{base}.safetensors", f"{base}.prompts.parquet")
+            assert cache.acts.shape[0] == layers + 1
+            assert cache.layers[0] == -1
+            record = cache.provenance
+            assert record["domain"] == domain and record["model"]["name"] == model
+            assert record["model"]["resolved_revision"].startswith("sha256:")
+            assert len(record["prompt_sha256"]) == 64 and record["code_version"]
+            assert (ran / "results" / "logs" / "activations" / model / f"{domain}.log").exists()
+    metrics = yaml.safe_load((ran / "results" / "demo" / "demo" / "metrics.json").read_text())
+    assert 0.0 <= metrics["diagnosis_accuracy"] <= 1.0 and metrics["params"]["steps"] == 20
+    assert not list(ran.glob("results/**/*.partial")), "temporary files left behind"
+
+
+def test_rerun_plans_nothing(ran: Path) -> None:
+    assert _plan(ran) == {}
+
+
+def test_touch_without_change_plans_nothing(ran: Path) -> None:
+    prompt = ran / "prompts" / "disease.csv"
+    later = time.time() + 5
+    os.utime(prompt, (later, later))
+    assert _plan(ran) == {}
+
+
+def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
+    prompt = ran / "prompts" / "disease.csv"
+    original = prompt.read_text()
+    prompt.write_text(original.replace("is a disease of the", "is an illness of the", 1))
+    try:
+        plan = _plan(ran)
+        result = snakemake(ran, "-n", "--configfile", "config/test.yaml")
+        assert plan == {"activations": 2, "all": 1}, plan
+        assert "activations/demo/disease.safetensors" in result.stdout
+        assert "activations/tiny-llama/disease.safetensors" in result.stdout
+        assert "age.safetensors" not in result.stdout.split("rule all")[0]
+    finally:
+        prompt.write_text(original)
+
+
+def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
+    config = dict(FAST, activations={"batch_size": 4})
+    write_config(ran, config, "batch.yaml")
+    result = snakemake(ran, "-n", "--configfile", "config/batch.yaml")
+    assert job_counts(result.stdout) == {"activations": 4, "all": 1}
+    assert "params" in result.stdout.lower()
+
+
+def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path)
+    result = snakemake(work, "-n", "--configfile", "config/paper.yaml")
+    counts = job_counts(result.stdout)
+    assert counts == {"activations": 11 * 6, "all": 1}
+    assert "demo_model" not in result.stdout
+
+    def resources(model: str) -> str:
+        block = result.stdout.split(f"wildcards: model={model}, domain=age")[1]
+        return next(line for line in block.splitlines() if "resources:" in line)
+
+    assert "gpu=2" in resources("llama-3.3-70b") and "mem_mb=50026" in resources("llama-3.3-70b")
+    assert "gpu=1" in resources("qwen-32b")
+
+
+def test_bad_config_fails_dry_run_with_key(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config" / "paper.yaml").read_text())
+    config["models"]["qwen-32b"]["dtype"] = "float64"
+    write_config(work, config, "bad.yaml")
+    result = snakemake(work, "-n", "--configfile", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    assert "models.qwen-32b.dtype: 'float64' is not allowed" in result.stdout + result.stderr
+
+
+def test_too_small_gpus_fail_dry_run(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config" / "paper.yaml").read_text())
+    config["gpu"] = {"memory_gib": 40, "max_gpus": 2}
+    write_config(work, config, "small.yaml")
+    result = snakemake(work, "-n", "--configfile", "config/small.yaml", check=False)
+    assert result.returncode != 0
+    assert "'llama-3.3-70b'" in result.stdout + result.stderr and "quantization" in result.stdout + result.stderr
