@@ -1,0 +1,92 @@
+"""The workflow on a real SLURM controller (single node, fake GPU GRES), compared with a local run.
+
+Needs Debian's slurm-wlm and munge and root (`.ci/run` installs them); skipped where `slurmctld` is absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kmap.activations import read_cache
+from kmap.tiny import build_tiny_model
+from tests.workflow import REPO, copy_workflow, snakemake, write_config
+
+pytestmark = pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh"), "start"], check=True, timeout=300)
+    yield
+    subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh"), "stop"], check=False, timeout=120)
+
+
+def _config(model_dir: Path) -> dict:
+    return {
+        "models": {
+            # A local checkpoint as kind hf: planned like a hub model, so its GPU rule asks SLURM for a GPU.
+            "local-llama": {"kind": "hf", "source": str(model_dir), "n_layers": 2, "dtype": "float32"},
+            "tiny-qwen3": {"kind": "tiny", "architecture": "qwen3", "dtype": "float32"},
+        },
+        "domains": ["disease"],
+        "tiny": {"n_layers": 2, "hidden_size": 32},
+    }
+
+
+def _slurm_profile(work: Path) -> Path:
+    profile = yaml.safe_load((work / "profiles" / "slurm" / "config.yaml").read_text())
+    profile.update(
+        {
+            "slurm-no-account": True,  # the CI controller has no accounts
+            "latency-wait": 5,
+            "slurm-init-seconds-before-status-checks": 5,
+            "jobs": 4,
+        }
+    )
+    profile["default-resources"] = {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 1000, "cpus_per_task": 1}
+    target = work / "profiles" / "ci-slurm"
+    target.mkdir()
+    (target / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return target
+
+
+def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path) -> None:
+    words = [line.split(",")[1] for line in (REPO / "prompts" / "disease.csv").read_text().splitlines()[1:]]
+    model_dir = tmp_path / "local-llama"
+    build_tiny_model("llama", sorted({w for text in words for w in text.split()}), model_dir, n_layers=2, hidden_size=32)
+
+    cluster = copy_workflow(tmp_path / "cluster")
+    write_config(cluster, _config(model_dir))
+    profile = _slurm_profile(cluster)
+    result = snakemake(cluster, "--profile", str(profile), "--configfile", "config/test.yaml", timeout=1500)
+    output = result.stdout + result.stderr
+
+    local = copy_workflow(tmp_path / "local")
+    write_config(local, _config(model_dir))
+    snakemake(local, "--configfile", "config/test.yaml")
+
+    # Jobs went through SLURM: job ids in the plugin's logs and in squeue's memory of finished jobs.
+    job_logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
+    job_ids = {p.stem for p in job_logs}
+    assert len(job_ids) >= 3, output[-3000:]
+    listed = subprocess.run(["squeue", "-t", "all", "-h", "-o", "%i %j %b"], capture_output=True, text=True).stdout
+    for job_id in job_ids:
+        assert job_id in listed
+    # The GPU rule asked for the model's planned GPU; CPU-only jobs asked for none.
+    gres = {line.split()[0]: line.split()[2] for line in listed.splitlines() if len(line.split()) == 3}
+    gpu_jobs = [p.stem for p in job_logs if "activations" in str(p) and "local-llama" in str(p)]
+    assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
+    cpu_jobs = [p.stem for p in job_logs if "tiny_model" in str(p)]
+    assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), listed
+
+    # Same results as the local run.
+    for model in ("local-llama", "tiny-qwen3"):
+        a = read_cache(*(cluster / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet")))
+        b = read_cache(*(local / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet")))
+        np.testing.assert_array_equal(a.acts, b.acts)
