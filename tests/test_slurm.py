@@ -59,7 +59,9 @@ def _slurm_profile(work: Path) -> Path:
 def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path) -> None:
     words = [line.split(",")[1] for line in (REPO / "prompts" / "disease.csv").read_text().splitlines()[1:]]
     model_dir = tmp_path / "local-llama"
-    build_tiny_model("llama", sorted({w for text in words for w in text.split()}), model_dir, n_layers=2, hidden_size=32)
+    build_tiny_model(
+        "llama", sorted({w for text in words for w in text.split()}), model_dir, n_layers=2, hidden_size=32
+    )
 
     cluster = copy_workflow(tmp_path / "cluster")
     write_config(cluster, _config(model_dir))
@@ -75,11 +77,12 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path) -> None
     job_logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
     job_ids = {p.stem for p in job_logs}
     assert len(job_ids) >= 3, output[-3000:]
-    listed = subprocess.run(["squeue", "-t", "all", "-h", "-o", "%i %j %b"], capture_output=True, text=True).stdout
-    for job_id in job_ids:
-        assert job_id in listed
+    listed = subprocess.run(
+        ["squeue", "-t", "all", "-h", "-O", "JobID:12,tres-per-job:30"], capture_output=True, text=True
+    ).stdout
+    gres = dict(line.split() for line in listed.splitlines() if len(line.split()) == 2)
+    assert job_ids <= set(gres), listed
     # The GPU rule asked for the model's planned GPU; CPU-only jobs asked for none.
-    gres = {line.split()[0]: line.split()[2] for line in listed.splitlines() if len(line.split()) == 3}
     gpu_jobs = [p.stem for p in job_logs if "activations" in str(p) and "local-llama" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
     cpu_jobs = [p.stem for p in job_logs if "tiny_model" in str(p)]
@@ -87,6 +90,10 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path) -> None
 
     # Same results as the local run.
     for model in ("local-llama", "tiny-qwen3"):
-        a = read_cache(*(cluster / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet")))
-        b = read_cache(*(local / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet")))
+        a = read_cache(
+            *(cluster / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet"))
+        )
+        b = read_cache(
+            *(local / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet"))
+        )
         np.testing.assert_array_equal(a.acts, b.acts)

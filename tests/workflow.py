@@ -15,6 +15,7 @@ COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profil
 
 
 def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
