@@ -20,9 +20,11 @@ rule activations:
         gpu=planned("forward", "gpus"),
         mem_mb=planned("forward", "mem_mb"),
         runtime=planned("forward", "runtime_min"),
+        batch_size=batch_size("activations"),
     params:
         model=spec_dict,
-        settings=config["activations"],
+        # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
+        settings={k: v for k, v in config["activations"].items() if k != "batch_size"},
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
         code=code_version("activations", "models", "hooks", "architectures", "prompts"),

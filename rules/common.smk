@@ -91,6 +91,15 @@ def planned(stage, field):
     return get
 
 
+def batch_size(section):
+    """The configured batch size, halved on each retry: Snakemake reruns an OOM-killed job with attempt + 1."""
+
+    def get(wildcards, attempt):
+        return max(1, config[section]["batch_size"] // 2 ** (attempt - 1))
+
+    return get
+
+
 def max_memory(stage):
     def get(wildcards):
         return PLANS[wildcards.model, stage].max_memory()

@@ -118,3 +118,15 @@ def test_bad_settings_rejected() -> None:
         ActivationSettings(position="first")
     with pytest.raises(ValueError, match="dtype"):
         ActivationSettings(dtype="int8")
+
+
+def test_job_fails_fast_without_planned_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmap.models import ModelLoadError, require_devices
+
+    monkeypatch.delenv("KMAP_ALLOW_CPU", raising=False)
+    require_devices(0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="planned for 2 GPU"):
+            require_devices(2)
+        monkeypatch.setenv("KMAP_ALLOW_CPU", "1")
+        require_devices(2)

@@ -56,7 +56,9 @@ def _slurm_profile(work: Path) -> Path:
     return target
 
 
-def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path) -> None:
+def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake GPU is a GRES for the scheduler only; the job itself computes on CPU.
+    monkeypatch.setenv("KMAP_ALLOW_CPU", "1")
     words = [line.split(",")[1] for line in (REPO / "prompts" / "disease.csv").read_text().splitlines()[1:]]
     model_dir = tmp_path / "local-llama"
     build_tiny_model(

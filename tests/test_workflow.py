@@ -82,11 +82,14 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
 
 
 def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
-    config = dict(FAST, activations={"batch_size": 4})
-    write_config(ran, config, "batch.yaml")
-    result = snakemake(ran, "-n", "--configfile", "config/batch.yaml")
+    config = dict(FAST, activations={"position": "concept_mean"})
+    write_config(ran, config, "position.yaml")
+    result = snakemake(ran, "-n", "--configfile", "config/position.yaml")
     assert job_counts(result.stdout) == {"activations": 4, "all": 1}
     assert "params" in result.stdout.lower()
+    # The batch size never changes values (tested in test_activations), so it reruns nothing.
+    write_config(ran, dict(FAST, activations={"batch_size": 3}), "batch.yaml")
+    assert job_counts(snakemake(ran, "-n", "--configfile", "config/batch.yaml").stdout) == {}
 
 
 def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> None:

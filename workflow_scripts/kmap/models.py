@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +207,19 @@ def describe_devices() -> dict[str, Any]:
         ]
     info["threads"] = torch.get_num_threads()
     return info
+
+
+def require_devices(gpus: int) -> None:
+    """Fail fast when a job got fewer GPUs than its plan asked for (sites do hand out the wrong ones)."""
+    if gpus <= 0 or os.environ.get("KMAP_ALLOW_CPU") == "1":
+        return
+    got = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if got < gpus:
+        raise ModelLoadError(
+            f"this job was planned for {gpus} GPU(s) but sees {got} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); check the partition's GPUs "
+            "and the gpu resource in profiles/slurm, or set KMAP_ALLOW_CPU=1 to run on CPU anyway"
+        )
 
 
 def encode(tokenizer: Any, texts: list[str], device: torch.device | None = None) -> dict[str, Tensor]:
