@@ -1,0 +1,154 @@
+"""Representation-geometry metrics (spec section 1), each a small pure function of an embedding and labels.
+
+Bootstrap CIs resample prompts (rows) of an already-fitted embedding: refitting UMAP for each of 200
+replicates per layer is unaffordable, so the CIs cover prompt sampling, not UMAP's own randomness (which the
+fixed seed and row shuffle pin down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.distance import cdist
+from scipy.stats import spearmanr
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GroupKFold
+
+
+def pairwise(points: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    return cdist(points, points, metric=metric)
+
+
+def silhouette_from_distances(distances: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean silhouette s(i) = (b - a) / max(a, b); a point alone in its label scores 0 (as scikit-learn).
+
+    ``weights`` are multiplicities (a bootstrap resample as counts per original point): copies of a point are
+    never its own neighbours, so resampling does not fake tight clusters out of duplicates. NaN when fewer
+    than two labels are present."""
+    labels = np.asarray(labels)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
+    present = w > 0
+    names, codes = np.unique(labels[present], return_inverse=True)
+    if len(names) < 2:
+        return float("nan")
+    distances = distances[np.ix_(present, present)]
+    w = w[present]
+    onehot = np.eye(len(names))[codes] * w[:, None]  # [n, k], weighted
+    sums = distances @ onehot  # weighted distance from each point to each label (own copies add 0)
+    counts = onehot.sum(axis=0)
+    rows = np.arange(len(codes))
+    own_count = counts[codes] - w  # other points of the same label, excluding every copy of the point
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = sums[rows, codes] / own_count
+        means = sums / counts
+    means[rows, codes] = np.inf
+    b = means.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    s[own_count <= 0] = 0.0
+    s[~np.isfinite(s)] = 0.0
+    return float(np.sum(w * s) / np.sum(w))
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray, metric: str = "euclidean") -> float:
+    return silhouette_from_distances(pairwise(points, metric), labels)
+
+
+def grouped_cv_r2(
+    points: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int = 5, alpha: float = 1.0
+) -> float:
+    """Out-of-fold R² of a ridge map points -> target, folds grouped so no group straddles train and test."""
+    target = np.asarray(target, dtype=float)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2 or len(target) < 4:
+        return float("nan")
+    predicted = np.empty_like(target)
+    for train, test in GroupKFold(n_splits=min(folds, n_groups)).split(points, target, groups):
+        model = Ridge(alpha=alpha).fit(points[train], target[train])
+        predicted[test] = model.predict(points[test])
+    residual = np.sum((target - predicted) ** 2)
+    total = np.sum((target - target.mean()) ** 2)
+    return float(1 - residual / total) if total > 0 else float("nan")
+
+
+def local_anisotropy(points: np.ndarray, k: int = 20) -> np.ndarray:
+    """Per point A_i = 1 - λ2/λ1 of the covariance of its k nearest neighbours (itself included)."""
+    k = min(k, len(points))
+    distances = pairwise(points)
+    neighbours = np.argsort(distances, axis=1)[:, :k]
+    groups = points[neighbours]  # [n, k, d]
+    centred = groups - groups.mean(axis=1, keepdims=True)
+    # Singular values of the centred neighbourhood give the covariance eigenvalues (squared), largest first.
+    singular = np.linalg.svd(centred, compute_uv=False)
+    top = singular[:, 0] ** 2
+    second = singular[:, 1] ** 2 if singular.shape[1] > 1 else np.zeros(len(points))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(top > 0, 1 - second / top, 0.0)
+
+
+@dataclass(frozen=True)
+class Discontinuity:
+    low_age: int
+    high_age: int
+    jump: float
+    z: float
+
+
+def age_discontinuity(points: np.ndarray, ages: np.ndarray) -> Discontinuity:
+    """Largest distance between centroids of adjacent ages, with its z-score against the other jumps."""
+    ages = np.asarray(ages)
+    unique = np.unique(ages)
+    centroids = np.stack([points[ages == age].mean(axis=0) for age in unique])
+    jumps = np.linalg.norm(np.diff(centroids, axis=0), axis=1)
+    if len(jumps) < 3:
+        return Discontinuity(int(unique[0]), int(unique[-1]), float(jumps.max()), float("nan"))
+    best = int(np.argmax(jumps))
+    others = np.delete(jumps, best)
+    spread = others.std()
+    z = (jumps[best] - others.mean()) / spread if spread > 0 else float("inf")
+    return Discontinuity(int(unique[best]), int(unique[best + 1]), float(jumps[best]), float(z))
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    monotonicity: float  # |Spearman rho| between stage index and position along the centroids' first axis
+    circular: bool  # the last stage's nearest other stage is an early one
+    nearest_to_last: int
+    centroids: np.ndarray  # [n_stages, d], stage order
+
+
+def stage_trajectory(points: np.ndarray, stages: np.ndarray) -> Trajectory:
+    stages = np.asarray(stages)
+    order = np.unique(stages)
+    centroids = np.stack([points[stages == s].mean(axis=0) for s in order])
+    centred = centroids - centroids.mean(axis=0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    position = centred @ axis
+    rho = spearmanr(order, position).statistic if len(order) > 2 else 1.0
+    distances = np.linalg.norm(centroids - centroids[-1], axis=1)
+    distances[-1] = np.inf
+    nearest = int(np.argmin(distances))
+    # "Early" = the first half of the stages, never the last stage's own predecessor.
+    circular = nearest < len(order) // 2 and nearest != len(order) - 2
+    return Trajectory(float(abs(rho)), bool(circular), int(order[nearest]), centroids)
+
+
+def effective_rank(points: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values of the centred points (Roy & Vetterli)."""
+    singular = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+    p = singular / singular.sum() if singular.sum() > 0 else singular
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
+
+
+def mean_pairwise_distance(points: np.ndarray) -> float:
+    d = pairwise(points)
+    n = len(points)
+    return float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
+
+
+def collapse_flags(spreads: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Spread of each layer relative to the median layer, and whether it falls below ``threshold``."""
+    relative = np.asarray(spreads, dtype=float) / np.median(spreads)
+    return relative, relative < threshold
