@@ -113,7 +113,7 @@ def test_bootstrap_ci_contains_estimate_and_shrinks() -> None:
         estimate = silhouette(points, labels)
         distances = pairwise(points)
         reps = replicate(
-            lambda rows: silhouette_from_distances(distances, labels, np.bincount(rows, minlength=len(labels))),
+            lambda rows, d=distances, y=labels: silhouette_from_distances(d, y, np.bincount(rows, minlength=len(y))),
             bootstrap_indices(len(labels), 100),
         )
         low, high = percentile_ci(reps)
