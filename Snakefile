@@ -14,6 +14,7 @@ if not workflow.config_settings.configfiles:
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
+include: "rules/geometry.smk"
 
 
 rule all:

@@ -13,7 +13,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 # Parse-time imports of kmap; jobs import it too, as Snakemake puts a script's own folder on sys.path.
 sys.path.insert(0, str(SCRIPTS))
 
-from kmap.config import check_config, model_specs
+from kmap.config import check_config, model_methods, model_specs
 from kmap.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
 from kmap.io import code_version
 from kmap.prompts import validate_all
@@ -35,6 +35,7 @@ PROMPTS = config["prompts"]
 DOMAINS = config["domains"]
 SPECS = model_specs(config)
 MODELS = list(SPECS)
+METHODS = model_methods(config)
 
 validate_all(Path(PROMPTS), DOMAINS)
 
@@ -119,6 +120,13 @@ def activation_targets():
     )
 
 
+def method_targets(method, pattern):
+    """``pattern`` (with {model} and {domain}) for every model that runs ``method``."""
+    models = [name for name in MODELS if method in METHODS[name]]
+    return expand(pattern, model=models, domain=DOMAINS)
+
+
 def all_targets():
     demo = expand(f"{RESULTS}/demo/{{model}}/metrics.json", model=names_of("demo"))
-    return demo + activation_targets()
+    umap = method_targets("umap", f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png")
+    return demo + activation_targets() + umap

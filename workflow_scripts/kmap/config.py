@@ -70,12 +70,15 @@ def _with_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, 
     return filled
 
 
-def _model_problems(name: str, entry: dict[str, Any]) -> list[str]:
+def _model_problems(name: str, entry: dict[str, Any], methods: list[str]) -> list[str]:
     key = f"models.{name}"
     kind = entry["kind"]
     problems: list[str] = []
     if kind in ("demo", "tiny") and "source" in entry:
         problems.append(f"{key}.source: a {kind} model is built by the workflow; remove 'source'")
+    unknown_methods = sorted(set(entry.get("methods", [])) - set(methods))
+    if unknown_methods:
+        problems.append(f"{key}.methods: {unknown_methods} not in the top-level methods {methods}; add them there")
     if kind != "tiny" and "architecture" in entry:
         problems.append(f"{key}.architecture: only tiny models take an architecture; remove it")
     if kind != "hf":
@@ -119,11 +122,16 @@ def check_config(config: dict[str, Any], schema_path: str | Path, source: str = 
     if not problems:
         filled = _with_defaults(config, schema)
         for name, entry in filled["models"].items():
-            problems.extend(_model_problems(name, entry))
+            problems.extend(_model_problems(name, entry, filled["methods"]))
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"invalid configuration in {source}:\n{lines}\n(see config/README.md for every key)")
     return filled
+
+
+def model_methods(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Methods to run per model: its own list, else the top-level one."""
+    return {name: entry.get("methods", config["methods"]) for name, entry in config["models"].items()}
 
 
 def model_specs(config: dict[str, Any]) -> dict[str, ModelSpec]:

@@ -1,0 +1,35 @@
+# Method 1, representation geometry: CPU only, reads the activation cache (never a model, never a GPU).
+
+
+rule umap:
+    input:
+        tensor=f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
+        table=f"{RESULTS}/activations/{{model}}/{{domain}}.prompts.parquet",
+    output:
+        metrics=f"{RESULTS}/umap/{{model}}/{{domain}}.metrics.parquet",
+        replicates=f"{RESULTS}/umap/{{model}}/{{domain}}.replicates.parquet",
+        coords=f"{RESULTS}/umap/{{model}}/{{domain}}.coords.parquet",
+        findings=f"{RESULTS}/umap/{{model}}/{{domain}}.findings.parquet",
+        curves_png=f"{RESULTS}/umap/{{model}}/{{domain}}.curves.png",
+        curves_pdf=f"{RESULTS}/umap/{{model}}/{{domain}}.curves.pdf",
+        panels_png=f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png",
+        panels_pdf=f"{RESULTS}/umap/{{model}}/{{domain}}.panels.pdf",
+    log:
+        f"{RESULTS}/logs/umap/{{model}}/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/umap/{{model}}/{{domain}}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        umap=config["umap"],
+        bootstrap=config["bootstrap"],
+        prompts_dir=PROMPTS,
+        code=code_version(
+            "embedding", "geometry", "umap_metrics", "stats", "tables", "plotting"
+        ),
+    script:
+        "../workflow_scripts/geometry.py"

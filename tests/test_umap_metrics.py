@@ -1,0 +1,120 @@
+"""The geometry runner on synthetic activation caches with planted structure, and its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kmap.activations import ActivationCache
+from kmap.embedding import UmapParams, embed
+from kmap.plotting import curve_figure, panel_layers, umap_panels
+from kmap.umap_metrics import run_geometry
+
+PARAMS = UmapParams(n_epochs=100, panel_layers=3)
+
+
+def _cache(table: pd.DataFrame, layers: list[np.ndarray]) -> ActivationCache:
+    return ActivationCache(
+        acts=np.stack(layers).astype(np.float32),
+        layers=np.arange(-1, len(layers) - 1),
+        table=table,
+        provenance={},
+    )
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[ActivationCache, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["cardiovascular", "respiratory", "renal"], 40)
+    table = pd.DataFrame({"id": [f"p{i}" for i in range(120)], "system": labels})
+    centres = {name: rng.normal(0, 6, size=32) for name in np.unique(labels)}
+    noise = rng.normal(size=(120, 32))
+    planted = np.stack([centres[y] for y in labels]) + rng.normal(size=(120, 32))
+    cache = _cache(table, [noise, planted])
+    return cache, run_geometry(cache, "m", "symptoms", ("system",), PARAMS, n_boot=50).metrics
+
+
+def _value(metrics: pd.DataFrame, layer: int, metric: str) -> pd.Series:
+    return metrics[(metrics["layer"] == layer) & (metrics["metric"] == metric)].iloc[0]
+
+
+def test_planted_layer_separates_noise_layer_does_not(clustered) -> None:
+    _, metrics = clustered
+    planted, noise = _value(metrics, 0, "silhouette:system"), _value(metrics, -1, "silhouette:system")
+    assert planted["value"] > 0.5 and abs(noise["value"]) < 0.1
+    assert planted["ci_low"] <= planted["value"] <= planted["ci_high"]
+    raw = _value(metrics, 0, "silhouette_raw:system")
+    assert raw["value"] > 0.3  # the structure is in the activations, not made by UMAP
+    assert set(metrics.columns) >= {"model", "domain", "method", "layer", "metric", "value", "ci_low", "ci_high", "n"}
+
+
+def test_row_order_changes_results_only_within_umap_noise(clustered) -> None:
+    cache, metrics = clustered
+    order = np.random.default_rng(1).permutation(len(cache.table))
+    shuffled = _cache(cache.table.iloc[order].reset_index(drop=True), [layer[order] for layer in cache.acts])
+    again = run_geometry(shuffled, "m", "symptoms", ("system",), PARAMS, n_boot=20).metrics
+    for layer in (-1, 0):
+        a, b = _value(metrics, layer, "silhouette:system"), _value(again, layer, "silhouette:system")
+        assert abs(a["value"] - b["value"]) < 0.05
+        # Raw-activation silhouette does not involve UMAP: identical up to float error.
+        assert _value(metrics, layer, "silhouette_raw:system")["value"] == pytest.approx(
+            _value(again, layer, "silhouette_raw:system")["value"], abs=1e-9
+        )
+
+
+def test_embedding_is_deterministic() -> None:
+    points = np.random.default_rng(2).normal(size=(60, 16))
+    first, second = embed(points, PARAMS), embed(points, PARAMS)
+    np.testing.assert_array_equal(first[30], second[30])
+    assert first[30].shape == (60, 30) and first[2].shape == (60, 2)
+
+
+def test_age_domain_metrics_and_findings() -> None:
+    rng = np.random.default_rng(3)
+    ages = np.tile(np.arange(101), 2)
+    genders = np.repeat(["male", "female"], 101)
+    table = pd.DataFrame({"id": [f"a{i}" for i in range(202)], "age": ages, "gender": genders})
+    line = np.outer(ages / 100.0, rng.normal(size=24)) * 8 + rng.normal(0, 0.05, size=(202, 24))
+    line[ages >= 18] += 3 * rng.normal(size=24)  # a planted minor/adult break
+    cache = _cache(table, [rng.normal(size=(202, 24)), line])
+    result = run_geometry(cache, "m", "age", ("gender",), PARAMS, n_boot=20)
+    assert _value(result.metrics, 0, "r2")["value"] > 0.8
+    assert _value(result.metrics, -1, "r2")["value"] < 0.2
+    assert {"r2:male", "r2:female", "anisotropy"} <= set(result.metrics["metric"])
+    jump = result.findings[(result.findings["layer"] == 0) & (result.findings["finding"] == "age_discontinuity")]
+    assert jump.set_index("key").loc["low_age", "value"] == 17
+    assert not result.replicates.empty
+
+
+def test_too_few_prompts_per_label_is_nan_with_reason() -> None:
+    table = pd.DataFrame({"id": ["a", "b", "c", "d", "e", "f"], "system": ["x", "y", "z", "w", "v", "u"]})
+    points = np.random.default_rng(4).normal(size=(6, 8))
+    metrics = run_geometry(
+        _cache(table, [points, points]), "m", "symptoms", ("system",), UmapParams(n_epochs=20, n_neighbors=3), n_boot=10
+    ).metrics
+    row = _value(metrics, 0, "silhouette:system")
+    assert np.isnan(row["value"]) and "fewer than 2 labels" in row["note"]
+
+
+def test_figures_from_tables(clustered, tmp_path: Path) -> None:
+    cache, metrics = clustered
+    panels = curve_figure(metrics, tmp_path / "c.png", tmp_path / "c.pdf", "t", "caption")
+    assert panels == metrics["metric"].nunique()
+    coords = pd.DataFrame(
+        {
+            "layer": np.repeat([-1, 0], 4),
+            "x": np.arange(8.0),
+            "y": np.arange(8.0),
+            "system": ["a", "b"] * 4,
+            "age": np.arange(8),
+            "gender": ["m", "f"] * 4,
+        }
+    )
+    assert umap_panels(coords, "system", [-1, 0], tmp_path / "p.png", tmp_path / "p.pdf", "t") == 2
+    assert umap_panels(coords, "age", [-1, 0], tmp_path / "a.png", tmp_path / "a.pdf", "t", split_by="gender") == 4
+    assert panel_layers(np.arange(-1, 40), 6) == [-1, 7, 15, 23, 31, 39]
+    for name in ("c", "p", "a"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 2000 and (tmp_path / f"{name}.pdf").exists()

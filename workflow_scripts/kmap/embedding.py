@@ -1,0 +1,69 @@
+"""UMAP embeddings of one layer's activations: 30-d for scores, 2-d for pictures.
+
+UMAP's output depends on row order, so rows are shuffled with a fixed seed before fitting and restored after;
+the neighbour graph is computed once per layer and shared by the 30-d and 2-d fits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class UmapParams:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    n_components: int = 30
+    n_epochs: int = 200  # umap-learn's default for < 10,000 points is 500; 200 is stable on prompt sets
+    seed: int = 0
+    k_anisotropy: int = 20
+    cv_folds: int = 5
+    ridge_alpha: float = 1.0
+    collapse_threshold: float = 0.5
+    panel_layers: int = 6
+
+    @classmethod
+    def from_dict(cls, overrides: dict[str, Any] | None) -> UmapParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides or {}) - known)
+        if unknown:
+            raise ValueError(f"umap: unknown parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**(overrides or {}))
+
+
+def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2)) -> dict[int, np.ndarray]:
+    """Embeddings of ``points`` in each of ``dims`` dimensions, rows in the input order."""
+    import umap
+    from umap.umap_ import nearest_neighbors
+
+    n = len(points)
+    order = np.random.default_rng(params.seed).permutation(n)
+    shuffled = np.ascontiguousarray(points[order], dtype=np.float32)
+    neighbours = min(params.n_neighbors, n - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state" and friends
+        knn_index, knn_dist, _ = nearest_neighbors(
+            shuffled, neighbours, "euclidean", {}, False, np.random.RandomState(params.seed), verbose=False
+        )
+        out = {}
+        for dim in dims:
+            # Spectral initialisation needs more points than dimensions; fall back to random init.
+            init = "spectral" if n > dim + 2 else "random"
+            reducer = umap.UMAP(
+                n_components=min(dim, n - 2),
+                n_neighbors=neighbours,
+                min_dist=params.min_dist,
+                n_epochs=params.n_epochs,
+                random_state=params.seed,
+                init=init,
+                precomputed_knn=(knn_index, knn_dist, None),
+            )
+            fitted = reducer.fit_transform(shuffled)
+            restored = np.empty_like(fitted)
+            restored[order] = fitted
+            out[dim] = restored
+    return out
