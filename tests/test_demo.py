@@ -111,11 +111,41 @@ def _age_r2(loaded: LoadedModel) -> np.ndarray:
     return np.array(scores)
 
 
-def test_age_is_linearly_decodable_in_trained_not_random_twin(demo: LoadedModel, tmp_path: Path) -> None:
-    trained = _age_r2(demo)
-    assert trained.max() > 0.8
-    twin = make_model(DemoParams(seed=1), len(demo.tokenizer), demo.tokenizer)
-    twin.save_pretrained(tmp_path / "twin", safe_serialization=True)
-    demo.tokenizer.save_pretrained(tmp_path / "twin")
-    random = _age_r2(load_model(ModelSpec(name="twin", kind="demo", source=str(tmp_path / "twin"), dtype="float32")))
-    assert random.max() < 0.2
+def test_age_is_linearly_decodable_in_trained_not_random_twin(demo: LoadedModel, twin: LoadedModel) -> None:
+    assert _age_r2(demo).max() > 0.8
+    assert _age_r2(twin).max() < 0.2
+
+
+def _geometry(loaded: LoadedModel, domain: str):
+    from kmap.activations import ActivationCache
+    from kmap.embedding import UmapParams
+    from kmap.umap_metrics import run_geometry
+
+    prompts = load_prompt_set(domain, REPO / "prompts")
+    frame = prompts.frame if domain != "age" else prompts.frame[prompts.frame["template"] == 0]
+    frame = frame.reset_index(drop=True)
+    acts, _ = extract(loaded, frame["text"].tolist(), ActivationSettings(batch_size=64))
+    cache = ActivationCache(acts.numpy(), np.arange(-1, acts.shape[0] - 1), frame, {})
+    metrics = run_geometry(cache, "m", domain, prompts.group_labels, UmapParams(n_epochs=100), n_boot=20).metrics
+    return metrics.pivot_table(index="layer", columns="metric", values="value")
+
+
+@pytest.fixture(scope="session")
+def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The demo architecture and tokenizer with random weights."""
+    root = tmp_path_factory.mktemp("twin")
+    make_model(DemoParams(seed=1), len(demo.tokenizer), demo.tokenizer).save_pretrained(root, safe_serialization=True)
+    demo.tokenizer.save_pretrained(root)
+    return load_model(ModelSpec(name="twin", kind="demo", source=str(root), dtype="float32"))
+
+
+def test_demo_geometry_has_knowledge_random_twin_does_not(demo: LoadedModel, twin: LoadedModel) -> None:
+    age, symptoms = _geometry(demo, "age"), _geometry(demo, "symptoms")
+    assert age["r2"].max() > 0.8
+    curve = symptoms["silhouette:system"].to_numpy()
+    assert curve.max() > 0 and curve[len(curve) // 2 :].mean() > curve[: len(curve) // 2].mean()
+    disease = _geometry(demo, "disease")["silhouette:category"].to_numpy()
+    assert disease.max() > 0 and disease[len(disease) // 2 :].mean() > disease[: len(disease) // 2].mean()
+    random_age, random_symptoms = _geometry(twin, "age"), _geometry(twin, "symptoms")
+    assert random_age["r2"].max() < 0.2
+    assert abs(random_symptoms["silhouette:system"]).max() < 0.15

@@ -17,11 +17,13 @@ FAST = {
     "prompts": "prompts",
     "models": {
         "demo": {"kind": "demo", "dtype": "float32"},
-        "tiny-llama": {"kind": "tiny", "architecture": "llama", "dtype": "float32"},
+        "tiny-llama": {"kind": "tiny", "architecture": "llama", "dtype": "float32", "methods": []},
     },
     "domains": ["age", "disease"],
     "demo": {"steps": 20, "n_sentences": 2000, "n_layers": 2, "hidden_size": 32, "eval_every": 10, "n_eval": 20},
     "tiny": {"n_layers": 2, "hidden_size": 32},
+    "bootstrap": {"n": 20},
+    "umap": {"n_epochs": 50},
 }
 
 
@@ -53,6 +55,12 @@ def test_full_run_outputs(ran: Path) -> None:
     metrics = yaml.safe_load((ran / "results" / "demo" / "demo" / "metrics.json").read_text())
     assert 0.0 <= metrics["diagnosis_accuracy"] <= 1.0 and metrics["params"]["steps"] == 20
     assert not list(ran.glob("results/**/*.partial")), "temporary files left behind"
+    # Geometry ran for the demo model only (the tiny model's methods are []), from the cache alone.
+    assert sorted(p.name for p in (ran / "results" / "umap" / "demo").glob("*.panels.png")) == [
+        "age.panels.png",
+        "disease.panels.png",
+    ]
+    assert not (ran / "results" / "umap" / "tiny-llama").exists()
 
 
 def test_rerun_plans_nothing(ran: Path) -> None:
@@ -73,7 +81,7 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
     try:
         plan = _plan(ran)
         result = snakemake(ran, "-n", "--configfile", "config/test.yaml")
-        assert plan == {"activations": 2, "all": 1}, plan
+        assert plan == {"activations": 2, "umap": 1, "all": 1}, plan
         assert "activations/demo/disease.safetensors" in result.stdout
         assert "activations/tiny-llama/disease.safetensors" in result.stdout
         assert "age.safetensors" not in result.stdout.split("rule all")[0]
@@ -85,7 +93,7 @@ def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
     config = dict(FAST, activations={"position": "concept_mean"})
     write_config(ran, config, "position.yaml")
     result = snakemake(ran, "-n", "--configfile", "config/position.yaml")
-    assert job_counts(result.stdout) == {"activations": 4, "all": 1}
+    assert job_counts(result.stdout) == {"activations": 4, "umap": 2, "all": 1}
     assert "params" in result.stdout.lower()
     # The batch size never changes values (tested in test_activations), so it reruns nothing.
     write_config(ran, dict(FAST, activations={"batch_size": 3}), "batch.yaml")
@@ -96,7 +104,7 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
     work = copy_workflow(tmp_path)
     result = snakemake(work, "-n", "--configfile", "config/paper.yaml")
     counts = job_counts(result.stdout)
-    assert counts == {"activations": 11 * 6, "all": 1}
+    assert counts == {"activations": 11 * 6, "umap": 11 * 6, "all": 1}
     assert "demo_model" not in result.stdout
 
     def resources(model: str) -> str:
