@@ -20,7 +20,8 @@ rule umap:
         f"{RESULTS}/benchmarks/umap/{{model}}/{{domain}}.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: 1
+    # Layers are embedded in parallel processes, one per thread.
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=60,

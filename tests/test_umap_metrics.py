@@ -118,3 +118,15 @@ def test_figures_from_tables(clustered, tmp_path: Path) -> None:
     assert panel_layers(np.arange(-1, 40), 6) == [-1, 7, 15, 23, 31, 39]
     for name in ("c", "p", "a"):
         assert (tmp_path / f"{name}.png").stat().st_size > 2000 and (tmp_path / f"{name}.pdf").exists()
+
+
+def test_parallel_layers_equal_sequential(clustered) -> None:
+    from kmap.embedding import embed_layers
+
+    cache, _ = clustered
+    stacked = np.concatenate([cache.acts, cache.acts[:1]])  # three layers, so the pool is used
+    sequential = embed_layers(stacked, PARAMS, (30, 2), workers=1)
+    parallel = embed_layers(stacked, PARAMS, (30, 2), workers=2)
+    for a, b in zip(sequential, parallel, strict=True):
+        np.testing.assert_array_equal(a[30], b[30])
+        np.testing.assert_array_equal(a[2], b[2])

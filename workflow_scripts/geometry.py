@@ -25,6 +25,7 @@ result = run_geometry(
     sm.params.bootstrap["n"],
     sm.params.bootstrap["seed"],
     progress=progress_logger(log, f"umap {model}/{domain} layers"),
+    workers=sm.threads,
 )
 write_table(result.metrics, sm.output.metrics)
 write_table(result.replicates, sm.output.replicates, REPLICATE_COLUMNS)

@@ -67,3 +67,27 @@ def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2
             restored[order] = fitted
             out[dim] = restored
     return out
+
+
+def _embed_one(args: tuple[np.ndarray, UmapParams, tuple[int, ...]]) -> dict[int, np.ndarray]:
+    points, params, dims = args
+    return embed(points, params, dims)
+
+
+def embed_layers(
+    acts: np.ndarray, params: UmapParams, dims: tuple[int, ...], workers: int = 1
+) -> list[dict[int, np.ndarray]]:
+    """``embed`` for every layer of ``acts`` [n_layers, n, d], in ``workers`` processes.
+
+    Processes, not threads: UMAP's numba kernels hold the GIL. Each worker loads umap's compiled kernels from
+    numba's on-disk cache, so the pool pays the JIT cost once per machine, not once per layer. Results do not
+    depend on ``workers`` (each layer's fit is seeded on its own)."""
+    jobs = [(layer, params, dims) for layer in acts]
+    if workers <= 1 or len(jobs) < 3:
+        return [_embed_one(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked torch/numba runtime is not fork-safe.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_embed_one, jobs))

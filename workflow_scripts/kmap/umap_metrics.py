@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from kmap.activations import ActivationCache
-from kmap.embedding import UmapParams, embed
+from kmap.embedding import UmapParams, embed_layers
 from kmap.geometry import (
     age_discontinuity,
     collapse_flags,
@@ -154,16 +154,17 @@ def run_geometry(
     n_boot: int = 200,
     boot_seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> GeometryResult:
     table = cache.table.reset_index(drop=True)
     rows = _Rows(model, domain)
     indices = bootstrap_indices(len(table), n_boot, boot_seed)
     coords, spreads = [], []
+    embeddings = embed_layers(cache.acts, params, (params.n_components, 2), workers)
     for position, layer in enumerate(cache.layers):
         layer = int(layer)
         raw = cache.acts[position]
-        embedded = embed(raw, params, dims=(params.n_components, 2))
-        z, flat = embedded[params.n_components], embedded[2]
+        z, flat = embeddings[position][params.n_components], embeddings[position][2]
         distances = {"silhouette": pairwise(z), "silhouette_raw": pairwise(raw, "cosine")}
         for label in group_labels:
             _silhouettes(rows, layer, distances, table[label].astype(str), label, indices)
