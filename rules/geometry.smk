@@ -20,8 +20,9 @@ rule umap:
         f"{RESULTS}/benchmarks/umap/{{model}}/{{domain}}.tsv"
     conda:
         "../envs/cpu.yaml"
-    # Layers are embedded in parallel processes, one per thread.
-    threads: 2
+    # threads > 1 embeds layers in parallel worker processes; each worker pays ~30 s of start-up (torch, numba),
+    # which pays off for deep models (profiles/slurm sets 8), not for the 9-layer demo on 2 cores.
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
