@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models of every architecture, built offline once per session."""
+"""Shared fixtures, built offline once per session: tiny random models of every architecture, and the
+default demo model (trained, about 3 minutes on 2 cores) with a random-init twin."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
+from kmap.demo_train import DemoParams, make_model, train_demo_model
+from kmap.knowledge import load_knowledge
 from kmap.models import LoadedModel, ModelSpec, load_model
 from kmap.tiny import ARCHITECTURES, build_tiny_model
 
@@ -72,3 +75,27 @@ def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> LoadedMo
     arch = request.param
     spec = ModelSpec(name=f"tiny-{arch}", kind="tiny", source=str(tiny_dirs[arch]), dtype="float32")
     return load_model(spec)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default demo model (config defaults), trained once per test session."""
+    root = tmp_path_factory.mktemp("demo")
+    train_demo_model(
+        load_knowledge(REPO / "prompts" / "knowledge.yaml"), DemoParams(), root / "model", root / "results"
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo(demo_dir: Path) -> LoadedModel:
+    return load_model(ModelSpec(name="demo", kind="demo", source=str(demo_dir / "model"), dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The demo architecture and tokenizer with random weights."""
+    root = tmp_path_factory.mktemp("twin")
+    make_model(DemoParams(seed=1), len(demo.tokenizer), demo.tokenizer).save_pretrained(root, safe_serialization=True)
+    demo.tokenizer.save_pretrained(root)
+    return load_model(ModelSpec(name="twin", kind="demo", source=str(root), dtype="float32"))

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+WORD_PATTERN = r"\w+|[^\w\s]"  # as kmap.knowledge.split_words
 
 
-def build_tokenizer(words: Sequence[str]) -> Any:
-    """A fast tokenizer splitting like ``kmap.knowledge.split_words``, lower-casing, prepending <bos>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+def build_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A fast tokenizer splitting like ``kmap.knowledge.split_words``, lower-casing, prepending <bos>.
+
+    Ids are the specials, then the words sorted, so the same word list always gives the same ids."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIALS)}
@@ -18,10 +24,11 @@ def build_tokenizer(words: Sequence[str]) -> Any:
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
+    # Split alone would keep the whitespace between matches as tokens; drop it first.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"\w+|[^\w\s]"), behavior="isolated")]
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")]
     )
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
+    # No decoder: tokenizers then joins tokens with single spaces, the corpus's own spelling.
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
