@@ -15,6 +15,9 @@ include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
 include: "rules/geometry.smk"
+include: "rules/saliency.smk"
+include: "rules/ablation.smk"
+include: "rules/patching.smk"
 
 
 rule all:

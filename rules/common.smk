@@ -129,4 +129,13 @@ def method_targets(method, pattern):
 def all_targets():
     demo = expand(f"{RESULTS}/demo/{{model}}/metrics.json", model=names_of("demo"))
     umap = method_targets("umap", f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png")
-    return demo + activation_targets() + umap
+    saliency = method_targets(
+        "saliency", f"{RESULTS}/saliency/{{model}}/{{domain}}.metrics.parquet"
+    )
+    ablation = method_targets(
+        "ablation", f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_metrics.parquet"
+    )
+    patching = method_targets(
+        "patching", f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet"
+    )
+    return demo + activation_targets() + umap + saliency + ablation + patching

@@ -24,6 +24,14 @@ FAST = {
     "tiny": {"n_layers": 2, "hidden_size": 32},
     "bootstrap": {"n": 20},
     "umap": {"n_epochs": 50},
+    "saliency": {"max_prompts": 20},
+    "ablation": {"max_new_tokens": 4},
+    "patching": {"heatmap_pairs": 2},
+}
+METHOD_OUTPUTS = {
+    "saliency": ("metrics.parquet", "curves.png"),
+    "ablation": ("metrics.parquet", "responses.parquet", "judge_metrics.parquet", "judge.parquet"),
+    "patching": ("metrics.parquet", "pairs.parquet", "curves.png", "heatmap.png"),
 }
 
 
@@ -61,6 +69,14 @@ def test_full_run_outputs(ran: Path) -> None:
         "disease.panels.png",
     ]
     assert not (ran / "results" / "umap" / "tiny-llama").exists()
+    # The causal methods too, demo only; the judge ran without a key: skipped, and said so.
+    for method, suffixes in METHOD_OUTPUTS.items():
+        for domain in ("age", "disease"):
+            for suffix in suffixes:
+                assert (ran / "results" / method / "demo" / f"{domain}.{suffix}").exists(), (method, domain, suffix)
+        assert not (ran / "results" / method / "tiny-llama").exists()
+    judge_log = (ran / "results" / "logs" / "ablation_judge" / "demo" / "age.log").read_text()
+    assert "skipped" in judge_log and "OPENAI_API_KEY" in judge_log
 
 
 def test_rerun_plans_nothing(ran: Path) -> None:
@@ -81,12 +97,31 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
     try:
         plan = _plan(ran)
         result = snakemake(ran, "-n", "--configfile", "config/test.yaml")
-        assert plan == {"activations": 2, "umap": 1, "all": 1}, plan
+        # Patching reads the pairs file, not the prompt file: it stays valid.
+        assert plan == {
+            "activations": 2,
+            "umap": 1,
+            "saliency": 1,
+            "ablation_generate": 1,
+            "ablation_judge": 1,
+            "all": 1,
+        }, plan
         assert "activations/demo/disease.safetensors" in result.stdout
         assert "activations/tiny-llama/disease.safetensors" in result.stdout
         assert "age.safetensors" not in result.stdout.split("rule all")[0]
     finally:
         prompt.write_text(original)
+
+
+def test_editing_patching_pairs_reruns_only_patching(ran: Path) -> None:
+    pairs = ran / "prompts" / "pairs" / "disease.csv"
+    original = pairs.read_text()
+    lines = original.splitlines(keepends=True)
+    pairs.write_text("".join(lines[:-1]))  # drop the last pair
+    try:
+        assert _plan(ran) == {"patching": 1, "all": 1}
+    finally:
+        pairs.write_text(original)
 
 
 def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
@@ -104,7 +139,8 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
     work = copy_workflow(tmp_path)
     result = snakemake(work, "-n", "--configfile", "config/paper.yaml")
     counts = job_counts(result.stdout)
-    assert counts == {"activations": 11 * 6, "umap": 11 * 6, "all": 1}
+    per_job = ("activations", "umap", "saliency", "ablation_generate", "ablation_judge", "patching")
+    assert counts == {**dict.fromkeys(per_job, 11 * 6), "all": 1}
     assert "demo_model" not in result.stdout
 
     def resources(model: str) -> str:

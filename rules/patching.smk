@@ -1,0 +1,64 @@
+# Method 4, activation patching: clean and corrupted runs once per pair, then an exact layer sweep that
+# reuses them (forward stage of the model's GPU plan).
+from dataclasses import asdict
+
+from kmap.patching import PatchingSettings
+
+
+def patching_settings():
+    """Defaults overlaid with the config's patching block; batch_size is a resource, not a param."""
+    settings = {**asdict(PatchingSettings()), **config.get("patching", {})}
+    return {key: value for key, value in settings.items() if key != "batch_size"}
+
+
+def patching_batch_size(wildcards, attempt):
+    # Halved on each retry (an OOM-killed job reruns with attempt + 1); values do not depend on it.
+    size = config.get("patching", {}).get("batch_size", PatchingSettings.batch_size)
+    return max(1, size // 2 ** (attempt - 1))
+
+
+rule patching:
+    input:
+        pairs=f"{PROMPTS}/pairs/{{domain}}.csv",
+        model=local_model_dir,
+    output:
+        metrics=f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet",
+        replicates=f"{RESULTS}/patching/{{model}}/{{domain}}.replicates.parquet",
+        pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
+        heatmap=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.parquet",
+        curves_png=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.png",
+        curves_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.pdf",
+        heatmap_png=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.png",
+        heatmap_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.pdf",
+    log:
+        f"{RESULTS}/logs/patching/{{model}}/{{domain}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/patching/{{model}}/{{domain}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    threads: planned("forward", "cpus")
+    resources:
+        gpu=planned("forward", "gpus"),
+        mem_mb=planned("forward", "mem_mb"),
+        runtime=planned("forward", "runtime_min"),
+        batch_size=patching_batch_size,
+    params:
+        model=spec_dict,
+        settings=patching_settings(),
+        bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
+        prompts_dir=PROMPTS,
+        max_memory=max_memory("forward"),
+        code=code_version(
+            "patching",
+            "patching_report",
+            "answer_tokens",
+            "models",
+            "hooks",
+            "architectures",
+            "prompts",
+            "stats",
+            "tables",
+            "plotting",
+        ),
+    script:
+        "../workflow_scripts/patching.py"

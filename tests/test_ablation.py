@@ -1,0 +1,296 @@
+"""Layer ablation: identities (no ablation = no change), KV cache = recomputation, batched = unbatched, the
+judge-free metrics against independent computations, and the demo model's early-layer sensitivity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kmap.ablation import (
+    INTACT,
+    PAIR_METRICS,
+    AblationSettings,
+    Clock,
+    ablate,
+    divergence,
+    generate,
+    intact_batch,
+    left_padding,
+    run_ablation,
+    stop_ids,
+    summarise,
+    teacher_forced,
+    token_overlap,
+    tokenize_prompts,
+    trim_at_stop,
+)
+from kmap.hooks import identity
+from kmap.models import LoadedModel, ModelSpec
+from kmap.stats import bootstrap_indices
+from kmap.tables import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "a 45 year old male patient presents with chest pain",
+    "fever and cough",
+    "the dose of metformin is",
+]
+MAX_NEW = 6
+
+
+def _greedy_without_cache(loaded: LoadedModel, prompt: list[int], max_new: int, stop: frozenset[int]) -> list[int]:
+    """Reference greedy decoding: the whole sequence recomputed at every step, no KV cache, no padding."""
+    seq = list(prompt)
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(max_new):
+            logits = loaded.model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            out.append(token)
+            seq.append(token)
+            if token in stop:
+                break
+    return out
+
+
+@pytest.mark.parametrize("which", [[], [0], [1], [2]])
+def test_cached_generation_equals_recomputation(tiny: LoadedModel, which: list[int]) -> None:
+    stop = stop_ids(tiny)
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    with identity(tiny.parts.layers, which):
+        for prompt in prompts:
+            assert generate(tiny, [prompt], MAX_NEW, stop)[0] == _greedy_without_cache(tiny, prompt, MAX_NEW, stop)
+
+
+@pytest.mark.parametrize("which", [[], [1]])
+def test_batched_left_padded_generation_equals_unbatched(tiny: LoadedModel, which: list[int]) -> None:
+    stop = stop_ids(tiny)
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+    with identity(tiny.parts.layers, which):
+        batched = generate(tiny, prompts, MAX_NEW, stop)
+        single = [generate(tiny, [p], MAX_NEW, stop)[0] for p in prompts]
+    assert batched == single
+    assert tiny.tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_no_ablation_gives_zero_kl_and_identical_responses(tiny: LoadedModel) -> None:
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    intact = intact_batch(tiny, prompts, MAX_NEW, Clock())
+    responses, kl, drop = ablate(tiny, prompts, intact, [], MAX_NEW, Clock())
+    assert responses == intact.responses
+    np.testing.assert_array_equal(kl, np.zeros(len(TEXTS)))
+    np.testing.assert_array_equal(drop, np.zeros(len(TEXTS)))
+    # The teacher-forced intact distributions reproduce the greedy tokens (same positions as generation).
+    predicted = intact.logprobs.argmax(-1)
+    assert bool((predicted[intact.valid] == intact.targets[intact.valid]).all())
+
+
+def test_kl_and_drop_match_independent_computation(tiny: LoadedModel) -> None:
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    intact = intact_batch(tiny, prompts, MAX_NEW, Clock())
+    _, kl, drop = ablate(tiny, prompts, intact, [1], MAX_NEW, Clock())
+    for b, (prompt, response) in enumerate(zip(prompts, intact.responses, strict=True)):
+        seq = torch.tensor([prompt + response])
+        with torch.inference_mode():
+            p = tiny.model(input_ids=seq, use_cache=False).logits[0].double().softmax(-1)
+            with identity(tiny.parts.layers, [1]):
+                q = tiny.model(input_ids=seq, use_cache=False).logits[0].double().softmax(-1)
+        rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))
+        p, q = p[rows].numpy(), q[rows].numpy()
+        expected_kl = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+        picked = np.arange(len(response)), np.array(response)
+        expected_drop = float(np.mean(np.log(p[picked]) - np.log(q[picked])))
+        assert kl[b] == pytest.approx(expected_kl, rel=1e-4, abs=1e-6)
+        assert drop[b] == pytest.approx(expected_drop, rel=1e-4, abs=1e-6)
+    assert (kl > 0).all()
+
+
+def test_divergence_known_values_and_padding_ignored() -> None:
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.3, 0.7]]).log()
+    q = torch.tensor([[0.25, 0.75], [0.9, 0.1], [0.01, 0.99]]).log()
+    targets = torch.tensor([[0, 1, 1]])
+    valid = torch.tensor([[True, True, False]])  # the third position is padding
+    kl, drop = divergence(p[None], q[None], targets, valid)
+    expected = (0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75) + 0.0) / 2
+    assert kl[0] == pytest.approx(expected, rel=1e-6)
+    assert drop[0] == pytest.approx((np.log(0.5 / 0.25) + 0.0) / 2, rel=1e-6)
+
+
+def test_teacher_forced_batch_equals_single(tiny: LoadedModel) -> None:
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    responses = [[5, 6, 7], [8], [9, 10]]
+    batched, targets, valid = teacher_forced(tiny, prompts, responses)
+    for b, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        single, _, _ = teacher_forced(tiny, [prompt], [response])
+        torch.testing.assert_close(batched[b, : len(response)], single[0], rtol=1e-5, atol=1e-5)
+        assert targets[b, : len(response)].tolist() == response
+        assert valid[b].sum() == len(response)
+
+
+def test_token_overlap_values() -> None:
+    assert token_overlap([1, 2, 3], [1, 2, 3]) == 1.0
+    assert token_overlap([1, 2, 3], [1, 2, 4]) == pytest.approx(2 * 2 / 6)
+    assert token_overlap([1, 1, 2], [1, 2, 2]) == pytest.approx(2 * 2 / 6)  # multisets, not sets
+    assert token_overlap([1, 2, 3], [3, 2, 1]) == 1.0  # order-free: a shifted continuation still overlaps
+    assert token_overlap([1, 9], [1], stop=frozenset({9})) == 1.0  # the stop token does not count
+    assert token_overlap([], []) == 1.0
+    assert token_overlap([1], []) == 0.0
+
+
+def test_trim_at_stop_keeps_first_stop_token() -> None:
+    assert trim_at_stop([4, 5, 3, 0, 0], frozenset({3})) == [4, 5, 3]
+    assert trim_at_stop([4, 5, 6], frozenset({3})) == [4, 5, 6]
+    assert trim_at_stop([3, 3], frozenset({3})) == [3]
+
+
+def test_left_padding_restored_on_error(tiny: LoadedModel) -> None:
+    with pytest.raises(RuntimeError), left_padding(tiny.tokenizer):
+        assert tiny.tokenizer.padding_side == "left"
+        raise RuntimeError("boom")
+    assert tiny.tokenizer.padding_side == "right"
+
+
+def test_settings_validate_layers() -> None:
+    assert AblationSettings(layers=[2, 0]).chosen_layers(3) == [2, 0]
+    assert AblationSettings().chosen_layers(3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="outside"):
+        AblationSettings(layers=[3]).chosen_layers(3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        AblationSettings(max_new_tokens=0)
+
+
+def test_run_ablation_table_and_summary(tiny: LoadedModel) -> None:
+    ids = [f"p{i}" for i in range(len(TEXTS))]
+    run = run_ablation(tiny, ids, TEXTS, AblationSettings(max_new_tokens=4, batch_size=2))
+    frame = run.responses
+    assert len(frame) == len(TEXTS) * (tiny.n_layers + 1)
+    intact = frame[frame["layer"] == INTACT]
+    assert intact[list(PAIR_METRICS)].isna().all().all()
+    assert frame["n_tokens"].between(1, 4).all()
+    assert run.greedy_mismatches == 0
+    assert run.generated_tokens == frame["n_tokens"].sum()
+    assert frame.loc[frame["prompt_id"] == "p1", "prompt"].eq(TEXTS[1]).all()
+    metrics, replicates = summarise(frame, "m", "d", n_boot=20, seed=0)
+    assert len(metrics) == tiny.n_layers * len(PAIR_METRICS)
+    assert len(replicates) == len(metrics) * 20
+    kl = metrics[metrics["metric"] == "kl"].set_index("layer")["value"]
+    expected = frame[frame["layer"] >= 0].groupby("layer")["kl"].mean()
+    np.testing.assert_allclose(kl.sort_index().to_numpy(), expected.to_numpy(), rtol=1e-12)
+
+
+def _planted(n_prompts: int, layers: list[int], values: np.ndarray) -> pd.DataFrame:
+    rows = [
+        dict(prompt_id=f"p{i}", layer=layer, kl=values[i, j])
+        for i in range(n_prompts)
+        for j, layer in enumerate(layers)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_summarise_shares_bootstrap_rows_across_layers() -> None:
+    values = np.arange(12, dtype=float).reshape(6, 2)  # layer 1 is layer 0 + 1 for every prompt
+    frame = _planted(6, [0, 1], values)
+    metrics, replicates = summarise(frame, "m", "d", metrics=("kl",), n_boot=50, seed=3)
+    reps = replicates.pivot(index="replicate", columns="layer", values="value").to_numpy()
+    np.testing.assert_allclose(reps[:, 1] - reps[:, 0], 1.0)  # same resampled prompts in both layers
+    expected = values[bootstrap_indices(6, 50, 3)].mean(axis=1)
+    np.testing.assert_allclose(reps, expected)
+    assert metrics["n"].tolist() == [6, 6] and (metrics["note"] == "").all()
+
+
+def test_summarise_leaves_out_missing_values_and_says_so() -> None:
+    values = np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan]])
+    metrics, _ = summarise(_planted(3, [0, 1], values), "m", "d", metrics=("kl",), n_boot=30)
+    first, second = metrics.iloc[0], metrics.iloc[1]
+    assert first["value"] == 2.0 and first["n"] == 2 and first["note"] == "1 of 3 values missing"
+    assert np.isnan(second["value"]) and second["n"] == 0
+
+
+@pytest.mark.slow
+def test_demo_layer0_ablation_degrades_more_than_middle(demo: LoadedModel) -> None:
+    from kmap.prompts import load_prompt_set
+
+    frame = load_prompt_set("disease", REPO / "prompts").frame.iloc[::9].head(12)
+    middle = demo.n_layers // 2
+    settings = AblationSettings(max_new_tokens=12, batch_size=12, layers=(0, middle))
+    run = run_ablation(demo, frame["id"].tolist(), frame["text"].tolist(), settings)
+    metrics, _ = summarise(run.responses, "demo", "disease", n_boot=100)
+    table = metrics.set_index(["metric", "layer"])
+    # CIs separate: every resampled prompt set ranks layer 0 as more damaging.
+    assert table.loc[("kl", 0), "ci_low"] > table.loc[("kl", middle), "ci_high"]
+    assert table.loc[("logprob_drop", 0), "ci_low"] > table.loc[("logprob_drop", middle), "ci_high"]
+    assert table.loc[("token_overlap", 0), "value"] < table.loc[("token_overlap", middle), "value"]
+
+
+def _run_script(script: str, namespace: SimpleNamespace) -> None:
+    """Run an entry script as Snakemake would (``snakemake`` injected), restoring stderr and logging after."""
+    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
+    try:
+        runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": namespace})
+    finally:
+        if sys.stderr is not stderr:
+            sys.stderr.close()
+        sys.stderr = stderr
+        logging.getLogger().handlers[:] = handlers
+
+
+def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    full = pd.read_csv(prompts / "disease.csv")
+    full.head(5).to_csv(prompts / "disease.csv", index=False)
+    spec = ModelSpec(name="tiny-llama", kind="tiny", source=str(tiny_dirs["llama"]), dtype="float32")
+    out = tmp_path / "out"
+    names = {
+        "responses": ".parquet",
+        "metrics": ".parquet",
+        "replicates": ".parquet",
+        "curves_png": ".png",
+        "curves_pdf": ".pdf",
+        "provenance": ".json",
+    }
+    job = SimpleNamespace(
+        input=SimpleNamespace(prompts=str(prompts / "disease.csv")),
+        output=SimpleNamespace(**{n: str(out / f"{n}{s}") for n, s in names.items()}),
+        log=[str(tmp_path / "generate.log")],
+        params=SimpleNamespace(
+            model=asdict(spec),
+            settings={"max_new_tokens": 3, "layers": None},
+            bootstrap={"n": 20, "seed": 0},
+            prompts_dir=str(prompts),
+            max_memory={},
+            code="test",
+        ),
+        wildcards=SimpleNamespace(model="tiny-llama", domain="disease"),
+        threads=1,
+        resources=SimpleNamespace(gpu=0, batch_size=2),
+    )
+    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
+    try:
+        runpy.run_path(str(REPO / "workflow_scripts" / "ablation_generate.py"), init_globals={"snakemake": job})
+    finally:
+        if sys.stderr is not stderr:
+            sys.stderr.close()
+        sys.stderr = stderr
+        logging.getLogger().handlers[:] = handlers
+    responses = pd.read_parquet(job.output.responses)
+    assert len(responses) == 5 * 4 and set(responses["layer"]) == {-1, 0, 1, 2}
+    assert (responses["model"] == "tiny-llama").all()
+    metrics = read_table(job.output.metrics)
+    assert set(metrics["metric"]) == set(PAIR_METRICS) and (metrics["n"] == 5).all()
+    assert Path(job.output.curves_png).stat().st_size > 0
+    record = json.loads(Path(job.output.provenance).read_text())
+    assert record["generated_tokens"] == int(responses["n_tokens"].sum())
+    assert record["settings"]["batch_size"] == 2 and record["greedy_mismatches"] == 0

@@ -1,0 +1,347 @@
+"""The LLM judge end to end: real HTTP to a local OpenAI-compatible server through the real ``openai``
+client; caching by request hash, retries, malformed answers, a missing key, and the key's absence from
+every file written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+try:  # openai 3 sends through httpx2, earlier releases through httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
+import numpy as np
+import openai
+import pandas as pd
+import pytest
+
+from kmap.judge import (
+    JUDGE_COLUMNS,
+    SCORE_KEYS,
+    JudgeCache,
+    JudgeFailure,
+    JudgeSettings,
+    build_request,
+    classify,
+    pairs_from_responses,
+    parse_score,
+    request_hash,
+    run_judge,
+    summarise_verdicts,
+    with_retries,
+)
+from tests.judge_server import JudgeServer, default_answer
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_ENV = "KMAP_TEST_JUDGE_KEY"
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+def _responses() -> pd.DataFrame:
+    """3 prompts × (intact + layers 0, 1); p2's layer-1 response is token-identical to its intact one."""
+    rows = []
+    for i in range(3):
+        prompt = f"prompt {i} is a"
+        rows.append(dict(prompt_id=f"p{i}", prompt=prompt, layer=-1, response=f"intact {i}", tokens=[i, 9]))
+        rows.append(dict(prompt_id=f"p{i}", prompt=prompt, layer=0, response=f"gibberish {i}{i}", tokens=[7]))
+        same = i == 2
+        tokens = [i, 9] if same else [i, 8]
+        rows.append(
+            dict(
+                prompt_id=f"p{i}",
+                prompt=prompt,
+                layer=1,
+                response=f"intact {i}" if same else "x",
+                tokens=tokens,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _settings(server: JudgeServer, **overrides: object) -> JudgeSettings:
+    base = dict(
+        base_url=server.base_url,
+        model="judge-test",
+        api_key_env=KEY_ENV,
+        concurrency=2,
+        timeout_s=10.0,
+        max_retries=4,
+        backoff_s=0.001,
+        backoff_max_s=0.01,
+    )
+    return JudgeSettings(**{**base, **overrides})
+
+
+def _expected_scores(settings: JudgeSettings, responses: pd.DataFrame) -> list[float]:
+    """The server's score for each pair, computed here from the request the judge must send."""
+    pairs = pairs_from_responses(responses)
+    scores = []
+    for row in pairs.itertuples():
+        if row.identical:
+            scores.append(1.0)
+        else:
+            request = build_request(settings, row.prompt, row.intact, row.ablated)
+            scores.append(float(default_answer(request)))
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ("7", 7),
+        (" 10\n", 10),
+        ("Score: 3.", 3),
+        ("8/10", 8),
+        ("1", 1),
+        ("0", None),
+        ("11", None),
+        ("7.5", None),
+        ("between 6 and 7", None),
+        ("-3", None),
+        ("seven", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_score_never_guesses(text: str | None, score: int | None) -> None:
+    assert parse_score(text) == score
+
+
+def test_request_hash_covers_endpoint_and_content_only() -> None:
+    settings = JudgeSettings()
+    request = build_request(settings, "p {x}", "a", "b")
+    assert "{x}" in request["messages"][1]["content"]  # braces in a prompt survive the template
+    assert request_hash("http://h/v1", request) == request_hash("http://h/v1/", dict(reversed(request.items())))
+    assert request_hash("http://h/v1", request) != request_hash("http://other/v1", request)
+    assert request_hash("http://h/v1", request) != request_hash("http://h/v1", build_request(settings, "p", "a", "c"))
+
+
+def test_settings_reject_unknown_keys_and_split_score_keys() -> None:
+    with pytest.raises(ValueError, match="unknown setting"):
+        JudgeSettings.from_dict({"modle": "gpt-4o"})
+    settings = JudgeSettings.from_dict({"model": "m", "concurrency": 9})
+    assert settings.score_settings()["model"] == "m" and "concurrency" not in settings.score_settings()
+    assert set(settings.score_settings()) == set(SCORE_KEYS)
+
+
+def _status_error(cls: type[openai.APIStatusError], status: int) -> openai.APIStatusError:
+    response = httpx.Response(status, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+    return cls(f"message quoting {KEY}", response=response, body=None)
+
+
+def test_classify_and_retry_reasons_never_quote_messages() -> None:
+    assert classify(_status_error(openai.RateLimitError, 429)) == "retry"
+    assert classify(_status_error(openai.InternalServerError, 503)) == "retry"
+    assert classify(_status_error(openai.AuthenticationError, 401)) == "fatal"
+    assert classify(_status_error(openai.BadRequestError, 400)) == "give_up"
+    calls, sleeps = [], []
+
+    def send() -> str:
+        calls.append(1)
+        raise _status_error(openai.RateLimitError, 429)
+
+    with pytest.raises(JudgeFailure) as failure:
+        with_retries(send, JudgeSettings(max_retries=3, backoff_s=1.0, backoff_max_s=3.0), sleeps.append)
+    assert len(calls) == 4 and len(sleeps) == 3
+    assert all(0.5 * min(2**i, 3.0) <= s <= min(2**i, 3.0) for i, s in enumerate(sleeps))  # capped, jittered
+    assert failure.value.reason == "RateLimitError 429" and KEY not in str(failure.value)
+
+
+def test_judge_scores_pairs_then_serves_rerun_from_cache(tmp_path: Path) -> None:
+    responses = _responses()
+    cache = tmp_path / "cache.jsonl"
+    with JudgeServer() as server:
+        settings = _settings(server)
+        first = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert server.n_requests == 5  # 6 pairs, one identical pair needs no call
+        assert set(server.authorizations) == {f"Bearer {KEY}"}
+        assert {body["temperature"] for body in server.bodies} == {0.0}
+        table = first.table
+        assert list(table.columns) == list(JUDGE_COLUMNS)
+        assert table["score"].tolist() == _expected_scores(settings, responses)
+        assert table["status"].value_counts().to_dict() == {"ok": 5, "identical": 1}
+        assert not table["cached"].any()
+        second = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert server.n_requests == 5  # the server saw no second request
+        assert second.requests_sent == 0
+        assert second.table["cached"].sum() == 5
+        assert second.table["score"].tolist() == table["score"].tolist()
+
+
+def test_duplicate_requests_are_sent_once(tmp_path: Path) -> None:
+    responses = _responses()
+    responses.loc[responses["layer"] == 1, "response"] = "gibberish 00"  # p0 layer 1 == p0 layer 0 text
+    with JudgeServer() as server:
+        run = run_judge(responses, _settings(server, concurrency=4), tmp_path / "c.jsonl", "m", "d", {KEY_ENV: KEY})
+        assert run.requests_sent == server.n_requests == len({json.dumps(b, sort_keys=True) for b in server.bodies})
+
+
+def test_retries_survive_injected_429_and_500(tmp_path: Path) -> None:
+    responses = _responses()
+    with JudgeServer() as server:
+        server.fail_next(429, 500, 503, 429)
+        settings = _settings(server)
+        run = run_judge(responses, settings, tmp_path / "c.jsonl", "m", "d", environ={KEY_ENV: KEY})
+        assert sorted(server.statuses) == [200] * 5 + [429, 429, 500, 503]
+        assert run.table["score"].tolist() == _expected_scores(settings, responses)
+
+
+def test_exhausted_retries_end_missing_uncached_and_rerun_recovers(tmp_path: Path) -> None:
+    responses = _responses().query("prompt_id == 'p0' and layer <= 0")
+    cache = tmp_path / "c.jsonl"
+    with JudgeServer() as server:
+        server.fail_next(*[500] * 3)
+        settings = _settings(server, max_retries=2, concurrency=1)
+        run = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        row = run.table.iloc[0]
+        assert row["status"] == "failed" and row["reason"] == "InternalServerError 500" and np.isnan(row["score"])
+        assert len(JudgeCache(cache)) == 0
+        again = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert again.table.iloc[0]["status"] == "ok" and server.n_requests == 4
+
+
+def test_malformed_answers_end_missing_and_stay_cached(tmp_path: Path) -> None:
+    responses = _responses().query("prompt_id == 'p0' and layer <= 0")
+    cache = tmp_path / "c.jsonl"
+    with JudgeServer() as server:
+        server.answer_next("about seven", "7.5", "between 6 and 7")
+        settings = _settings(server, malformed_retries=2, concurrency=1)
+        run = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        row = run.table.iloc[0]
+        assert row["status"] == "malformed" and np.isnan(row["score"]) and server.n_requests == 3
+        rerun = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert rerun.table.iloc[0]["status"] == "malformed" and server.n_requests == 3  # never pays twice
+        metrics, _ = summarise_verdicts(rerun.table, "m", "d", n_boot=10)
+        assert np.isnan(metrics["value"]).all() and metrics["n"].tolist() == [0]
+
+
+def test_malformed_then_valid_answer_is_used(tmp_path: Path) -> None:
+    responses = _responses().query("prompt_id == 'p0' and layer <= 0")
+    with JudgeServer() as server:
+        server.answer_next("I'd say roughly", "4")
+        run = run_judge(responses, _settings(server, concurrency=1), tmp_path / "c.jsonl", "m", "d", {KEY_ENV: KEY})
+        assert run.table.iloc[0]["score"] == 4.0 and server.n_requests == 2
+
+
+def test_no_key_skips_with_one_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with JudgeServer() as server, caplog.at_level(logging.INFO):
+        run = run_judge(_responses(), _settings(server), tmp_path / "c.jsonl", "m", "d", environ={})
+        assert server.n_requests == 0
+    assert (run.table["status"] == "skipped").all() and run.skipped_reason == f"no API key: ${KEY_ENV} is not set"
+    messages = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(messages) == 1 and KEY_ENV in messages[0] and "--forcerun ablation_judge" in messages[0]
+    metrics, replicates = summarise_verdicts(run.table, "m", "d")
+    assert metrics.empty and replicates.empty  # the map then falls back to a judge-free metric
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_fatal_error_stops_sending(tmp_path: Path) -> None:
+    with JudgeServer(expected_key="another-key") as server:
+        run = run_judge(_responses(), _settings(server, concurrency=1), tmp_path / "c.jsonl", "m", "d", {KEY_ENV: KEY})
+        assert server.n_requests == 1
+    failed = run.table[run.table["status"] == "failed"]
+    assert len(failed) == 5 and failed["reason"].iloc[0] == "AuthenticationError 401"
+    assert failed["reason"].iloc[1:].str.startswith("not sent after AuthenticationError 401").all()
+
+
+def test_summary_means_over_scored_prompts() -> None:
+    table = pd.DataFrame(
+        dict(
+            prompt_id=["a", "b", "c", "a", "b", "c"],
+            layer=[0, 0, 0, 1, 1, 1],
+            score=[2.0, 4.0, np.nan, 9.0, 9.0, 6.0],
+            status=["ok", "ok", "malformed", "ok", "ok", "ok"],
+        )
+    )
+    metrics, replicates = summarise_verdicts(table, "m", "d", n_boot=50)
+    by_layer = metrics.set_index("layer")
+    assert by_layer.loc[0, "value"] == 3.0 and by_layer.loc[0, "n"] == 2 and "1 of 3" in by_layer.loc[0, "note"]
+    assert by_layer.loc[1, "value"] == 8.0 and by_layer.loc[1, "n"] == 3
+    assert (metrics["metric"] == "judge_score").all() and len(replicates) == 100
+
+
+def _run_script(script: str, namespace: SimpleNamespace) -> None:
+    """Run an entry script as Snakemake would (``snakemake`` injected), restoring stderr and logging after."""
+    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
+    try:
+        runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": namespace})
+    finally:
+        sys.stderr.flush()
+        if sys.stderr is not stderr:
+            sys.stderr.close()
+        sys.stderr = stderr
+        logging.getLogger().handlers[:] = handlers
+
+
+def _judge_job(tmp_path: Path, judge_config: dict) -> SimpleNamespace:
+    responses = tmp_path / "in" / "r.parquet"
+    responses.parent.mkdir(parents=True)
+    _responses().to_parquet(responses)
+    out = tmp_path / "out"
+    names = ("judge", "metrics", "replicates", "provenance", "curves_png", "curves_pdf")
+    suffix = {"provenance": ".json", "curves_png": ".png", "curves_pdf": ".pdf"}
+    settings = JudgeSettings.from_dict(judge_config)
+    return SimpleNamespace(
+        input=SimpleNamespace(responses=str(responses)),
+        output=SimpleNamespace(**{n: str(out / f"{n}{suffix.get(n, '.parquet')}") for n in names}),
+        log=[str(tmp_path / "logs" / "judge.log")],
+        params=SimpleNamespace(
+            judge=settings.score_settings(),
+            bootstrap={"n": 20, "seed": 0},
+            cache_dir=str(tmp_path / "cache"),
+            code="test",
+        ),
+        wildcards=SimpleNamespace(model="m", domain="d"),
+        threads=1,
+        resources=SimpleNamespace(),
+        config={"judge": judge_config},
+    )
+
+
+def _files_containing(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_entry_script_never_writes_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    # The server rejects this key with a message quoting it, as real providers partly do.
+    with JudgeServer(expected_key="the-right-key") as server:
+        config = {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 1, "backoff_s": 0.001}
+        rejected = _judge_job(tmp_path / "rejected", config)
+        _run_script("ablation_judge.py", rejected)
+        assert server.n_requests == 1
+    assert pd.read_parquet(rejected.output.judge)["status"].value_counts().to_dict() == {
+        "failed": 5,
+        "identical": 1,
+    }
+    with JudgeServer() as server:
+        config = {**config, "base_url": server.base_url}
+        job = _judge_job(tmp_path / "accepted", config)
+        _run_script("ablation_judge.py", job)
+        assert server.authorizations and set(server.authorizations) == {f"Bearer {KEY}"}
+    table = pd.read_parquet(job.output.judge)
+    assert table["status"].value_counts().to_dict() == {"ok": 5, "identical": 1}
+    assert (pd.read_parquet(job.output.metrics)["metric"] == "judge_score").all()
+    written = list(tmp_path.rglob("*"))
+    assert any(p.suffix == ".jsonl" for p in written) and any(p.suffix == ".log" for p in written)
+    assert _files_containing(tmp_path, KEY) == []
+    assert _files_containing(tmp_path, KEY[-12:]) == []  # nor a provider-style partial echo
+    provenance = json.loads(Path(job.output.provenance).read_text())
+    assert provenance["judge"]["api_key_env"] == KEY_ENV and provenance["skipped"] is None
+
+
+def test_entry_script_without_key_succeeds_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    job = _judge_job(tmp_path, {"api_key_env": KEY_ENV})
+    _run_script("ablation_judge.py", job)
+    assert (pd.read_parquet(job.output.judge)["status"] == "skipped").all()
+    assert pd.read_parquet(job.output.metrics).empty
+    assert Path(job.output.curves_png).stat().st_size > 0
+    log = Path(job.log[0]).read_text()
+    assert log.count("LLM judge skipped") == 1
+    assert json.loads(Path(job.output.provenance).read_text())["skipped"].startswith("no API key")

@@ -1,0 +1,262 @@
+"""Activation patching: the identities every implementation must satisfy, the fast sweep against the naive
+per-layer loop on every architecture, pair preparation, aggregation, and the demo model's curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kmap.hooks import EMBEDDINGS
+from kmap.models import LoadedModel
+from kmap.patching import (
+    PatchingSettings,
+    PreparedPair,
+    prepare_pair,
+    prepare_pairs,
+    run_pairs,
+    start_at,
+    sweep,
+)
+from kmap.patching_report import SMALL_GAP, USED, exclusion_note, heatmap_figure, run_patching, summarise
+from kmap.stats import bootstrap_indices
+
+REPO = Path(__file__).resolve().parents[1]
+VIGNETTE = "a {age} year old {sex} patient presents with chest pain and fever , most likely has"
+DOSE = "the dose of metformin is {dose} mg twice daily , the dose of metformin is"
+# Equal token lengths in the tiny BPE tokenizer (conftest WORDS), 16-19 tokens: longer than the tiny models'
+# sliding window (8), and of two lengths, so batches are right-padded.
+PAIRS = pd.DataFrame(
+    [
+        (
+            "v1",
+            VIGNETTE.format(age=45, sex="male"),
+            VIGNETTE.format(age=67, sex="female"),
+            "angina",
+            "migraine",
+        ),
+        (
+            "v2",
+            VIGNETTE.format(age=20, sex="female"),
+            VIGNETTE.format(age=45, sex="male"),
+            "pneumonia",
+            "eczema",
+        ),
+        ("d1", DOSE.format(dose=45), DOSE.format(dose=67), "500", "20"),
+        ("d2", DOSE.format(dose=20), DOSE.format(dose=45), "10", "500"),
+        # Not usable: "chest pain" is two tokens, "rash" one; "and" is several tokens.
+        ("unequal", "a patient with chest pain has", "a patient with rash has", "angina", "eczema"),
+        ("multi", "the patient has fever", "the patient has rash", "and", "angina"),
+    ],
+    columns=["id", "clean", "corrupted", "clean_answer", "corrupted_answer"],
+)
+USABLE = ["v1", "v2", "d1", "d2"]
+
+
+def _runs(model: LoadedModel):
+    pairs, excluded = prepare_pairs(model.tokenizer, PAIRS, "numbers")
+    assert [p.id for p in pairs] == USABLE
+    assert excluded == {"unequal": "unequal_length", "multi": "answer_not_single_token"}
+    return run_pairs(model, pairs)
+
+
+def _p(ld: torch.Tensor, runs) -> torch.Tensor:
+    return (ld - runs.ld_corrupted) / (runs.ld_clean - runs.ld_corrupted)
+
+
+def assert_p(ld: torch.Tensor, runs, expected: float, rows: slice | list[int] = slice(None)) -> None:
+    """P = ``expected`` to 1e-5, checked through LD: within 2e-7 (a few float32 ulps of the logits) of
+    LD_corrupted + P·gap for every pair, and on P directly where the gap exceeds 0.005 logits (random tiny
+    models' gaps reach 1e-3, where float noise alone moves P by 1e-5)."""
+    gap = (runs.ld_clean - runs.ld_corrupted)[rows]
+    target = (runs.ld_corrupted[rows] + expected * gap).expand_as(ld)
+    torch.testing.assert_close(ld, target, atol=2e-7, rtol=0)
+    clear = gap.abs() >= 5e-3
+    assert int(clear.sum()) >= 2
+    p = (ld - runs.ld_corrupted[rows]) / gap
+    torch.testing.assert_close(p[..., clear], torch.full_like(p[..., clear], expected), atol=1e-5, rtol=0)
+
+
+def test_all_positions_give_p_one_and_nothing_gives_p_zero(tiny: LoadedModel) -> None:
+    runs = _runs(tiny)
+    rows = torch.arange(len(USABLE))
+    everything = runs.attention_mask.bool()
+    restored = sweep(runs, tiny, rows, everything, batch_size=3)
+    untouched = sweep(runs, tiny, rows, torch.zeros_like(everything), batch_size=3)
+    assert restored.shape == (tiny.n_layers + 1, len(USABLE))
+    assert_p(restored, runs, 1.0)
+    assert_p(untouched, runs, 0.0)
+
+
+def test_position_sets_at_the_ends_of_the_stack(tiny: LoadedModel) -> None:
+    """Embeddings: the concept positions are all that differs (P = 1), the last token is the same (P = 0).
+    Last layer: only the answer position reaches the logits (last: P = 1, concept: P = 0)."""
+    runs = _runs(tiny)
+    rows = torch.arange(len(USABLE))
+    last = sweep(runs, tiny, rows, runs.last_mask(), 4)
+    concept = sweep(runs, tiny, rows, runs.concept_mask(), 4)
+    for curve, first, final in ((last, 0.0, 1.0), (concept, 1.0, 0.0)):
+        assert_p(curve[0], runs, first)
+        assert_p(curve[-1], runs, final)
+
+
+def test_fast_sweep_equals_naive_per_layer_loop(tiny: LoadedModel) -> None:
+    runs = _runs(tiny)
+    generator = torch.Generator().manual_seed(0)
+    real = runs.attention_mask.bool()
+    random_sets = (torch.rand(real.shape, generator=generator) < 0.3) & real
+    rows = torch.arange(len(USABLE)).repeat(3)
+    masks = torch.cat([runs.last_mask(), runs.concept_mask(), random_sets])
+    naive = sweep(runs, tiny, rows, masks, batch_size=5, naive=True)
+    fast = sweep(runs, tiny, rows, masks, batch_size=5)
+    no_reuse = sweep(runs, tiny, rows, masks, batch_size=64, reuse=False)
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+    torch.testing.assert_close(no_reuse, naive, atol=1e-5, rtol=0)
+    # The sweep measures something: patched LDs differ from the corrupted ones somewhere in the stack.
+    assert (naive - runs.ld_corrupted[rows]).abs().max() > 1e-3
+
+
+def test_start_at_restores_the_model_even_after_an_error(tiny: LoadedModel) -> None:
+    ids = tiny.tokenizer(VIGNETTE.format(age=45, sex="male"), return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        before = tiny.model(input_ids=ids).logits
+    layers = tiny.parts.layers
+    with pytest.raises(RuntimeError, match="inside"), start_at(layers, 1, torch.zeros(1)):
+        assert "forward" in layers[0].__dict__ and "forward" in layers[1].__dict__
+        raise RuntimeError("inside")
+    assert not any("forward" in layer.__dict__ for layer in layers)
+    with torch.inference_mode():
+        torch.testing.assert_close(tiny.model(input_ids=ids).logits, before, atol=0, rtol=0)
+
+
+class DigitTokenizer:
+    """Words are single tokens, numbers are split into digits (as the Qwen and Gemma tokenizers do)."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        pieces = [p for word in text.split() for p in (list(word) if word.isdigit() else [word])]
+        ids = [self.vocab.setdefault(p, len(self.vocab) + 2) for p in pieces]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def _pair(clean_answer: str, corrupted_answer: str, clean: str = "dose of lisinopril is") -> pd.Series:
+    return pd.Series(
+        dict(
+            id="p",
+            clean=clean,
+            corrupted="dose of metoprolol is",
+            clean_answer=clean_answer,
+            corrupted_answer=corrupted_answer,
+        )
+    )
+
+
+def test_numbers_use_their_first_differing_token() -> None:
+    tok = DigitTokenizer()
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    differ_first = prepare_pair(tok, _pair("10", "50"), "numbers")
+    assert isinstance(differ_first, PreparedPair) and differ_first.answer_mode == "first_differing"
+    assert (differ_first.answer, differ_first.foil) == (ids("1")[0], ids("5")[0])
+    assert differ_first.clean == tuple(tok("dose of lisinopril is")["input_ids"])
+    shared = prepare_pair(tok, _pair("10", "15"), "numbers")
+    # The shared "1" is appended to both prompts; LD compares "0" with "5".
+    assert shared.clean[-1] == shared.corrupted[-1] == ids("1")[0]
+    assert (shared.answer, shared.foil) == (ids("0")[0], ids("5")[0])
+    assert shared.concept == (3,)
+    assert prepare_pair(tok, _pair("10", "1"), "numbers") == "answers_share_tokens"
+    assert prepare_pair(tok, _pair("10", "50"), "exclude") == "answer_not_single_token"
+    assert prepare_pair(tok, _pair("10", "50", clean="dose of 20 is"), "all") == "unequal_length"
+    single = prepare_pair(tok, _pair("angina", "asthma"), "exclude")
+    assert single.answer_mode == "single" and single.answer == ids("angina")[0]
+
+
+def _planted_pairs() -> pd.DataFrame:
+    """Three used pairs (gaps 2, 1, 0.5; P at layer 0 = 0.5, 1.5, -0.2) and one excluded, one layer."""
+    records = [dict(id="x", status=SMALL_GAP, ld_clean=0.1, ld_corrupted=0.0)]
+    for pid, clean, patched in (("a", 2.0, 1.0), ("b", 1.0, 1.5), ("c", 0.5, -0.1)):
+        for variant in ("last", "concept"):
+            for layer, ld in ((-1, 0.0), (0, patched)):
+                records.append(
+                    dict(id=pid, status=USED, variant=variant, layer=layer, ld_clean=clean, ld_corrupted=0.0)
+                    | dict(ld_patched=ld)
+                )
+    return pd.DataFrame(records)
+
+
+def test_aggregates_ratio_of_means_and_median_keep_overshoot() -> None:
+    metrics, replicates = summarise(_planted_pairs(), "m", "d", n_layers=1, n_boot=50, seed=3)
+    table = metrics.set_index(["metric", "layer"])
+    assert table.loc[("P_last", 0), "value"] == pytest.approx((1.0 + 1.5 - 0.1) / (2.0 + 1.0 + 0.5))
+    assert table.loc[("P_median_last", 0), "value"] == pytest.approx(0.5)
+    assert table.loc[("P_last", -1), "value"] == 0.0
+    assert (metrics["n"] == 3).all() and (metrics["note"] == "excluded 1 of 4 pairs: 1 small_gap").all()
+    # Replicates: the same resampled pairs for every layer and metric, recomputed independently.
+    indices = bootstrap_indices(3, 50, 3)
+    numerator, denominator = np.array([1.0, 1.5, -0.1]), np.array([2.0, 1.0, 0.5])
+    expected = numerator[indices].mean(axis=1) / denominator[indices].mean(axis=1)
+    got = replicates[(replicates["metric"] == "P_concept") & (replicates["layer"] == 0)].sort_values("replicate")
+    np.testing.assert_allclose(got["value"], expected)
+    medians = replicates[(replicates["metric"] == "P_median_last") & (replicates["layer"] == 0)]
+    assert medians["value"].max() == pytest.approx(1.5) and medians["value"].min() == pytest.approx(-0.2)
+    low, high = table.loc[("P_last", 0), ["ci_low", "ci_high"]]
+    assert low < table.loc[("P_last", 0), "value"] < high
+
+
+def test_no_usable_pair_gives_nan_rows_that_say_why() -> None:
+    pairs = pd.DataFrame([dict(id="a", status="unequal_length"), dict(id="b", status=SMALL_GAP)])
+    metrics, replicates = summarise(pairs, "m", "d", n_layers=2)
+    assert len(metrics) == 4 * 3 and metrics["value"].isna().all() and (metrics["n"] == 0).all()
+    assert exclusion_note(pairs) == "excluded 2 of 2 pairs: 1 small_gap, 1 unequal_length"
+    assert replicates.empty
+
+
+def test_run_patching_counts_every_pair_and_draws_heatmaps(tiny: LoadedModel, tmp_path: Path) -> None:
+    settings = PatchingSettings(min_gap=0.0, heatmap_pairs=2, batch_size=3)
+    run = run_patching(tiny, PAIRS, settings)
+    status = run.pairs.drop_duplicates("id").set_index("id")["status"]
+    assert status.to_dict() == dict.fromkeys(USABLE, USED) | {
+        "unequal": "unequal_length",
+        "multi": "answer_not_single_token",
+    }
+    used = run.pairs[run.pairs["status"] == USED]
+    assert len(used) == len(USABLE) * 2 * (tiny.n_layers + 1)
+    # Heatmap identities: at the embeddings, a position where the prompts agree changes nothing (P = 0);
+    # at the last layer only the answer position reaches the logits (P = 1 there, 0 elsewhere).
+    heat = run.heatmap
+    assert set(heat["id"]) == {"v1", "d2"}
+    for pair_id in ("v1", "d2"):
+        part = heat[heat["id"] == pair_id]
+        concept = [int(p) for p in used[used["id"] == pair_id]["concept_positions"].iloc[0].split(",")]
+        moved = (part["ld_patched"] - part["ld_corrupted"]).abs()  # P·gap: compared in LD units (float noise)
+        embeddings = moved[part["layer"] == EMBEDDINGS].set_axis(part["position"][part["layer"] == EMBEDDINGS])
+        assert embeddings.drop(concept).max() < 1e-6
+        top = part[part["layer"] == tiny.n_layers - 1]
+        np.testing.assert_allclose(top["ld_patched"].iloc[-1], top["ld_clean"].iloc[-1], atol=1e-6, rtol=0)
+        assert moved[top.index].iloc[:-1].max() < 1e-6
+    assert heatmap_figure(heat, tmp_path / "h.png", tmp_path / "h.pdf", "t") == 2
+    assert (tmp_path / "h.png").stat().st_size > 1000 and (tmp_path / "h.pdf").exists()
+    strict = run_patching(tiny, PAIRS, PatchingSettings(min_gap=1e6))
+    assert (strict.pairs.drop_duplicates("id")["status"] == SMALL_GAP).sum() == len(USABLE)
+    assert strict.heatmap.empty
+
+
+def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
+    from kmap.prompts import load_pairs
+
+    frame = load_pairs("disease", REPO / "prompts").frame
+    run = run_patching(demo, frame, PatchingSettings(heatmap_pairs=0))
+    metrics, _ = summarise(run.pairs, "demo", "disease", demo.n_layers, n_boot=100)
+    curve = metrics[metrics["metric"] == "P_last"].set_index("layer")["value"]
+    concept = metrics[metrics["metric"] == "P_concept"].set_index("layer")["value"]
+    half = len(curve) // 2
+    assert metrics["n"].iloc[0] >= 0.8 * len(frame)  # the trained model separates clean from corrupted
+    assert curve.iloc[0] == pytest.approx(0.0, abs=1e-5) and curve.iloc[-1] == pytest.approx(1.0, abs=1e-5)
+    assert curve.iloc[half:].mean() >= curve.iloc[1:half].mean() > 0.5
+    # Concept positions lose their effect with depth as the answer position takes the information over.
+    assert concept.iloc[0] == pytest.approx(1.0, abs=1e-5) and concept.iloc[-1] == pytest.approx(0.0, abs=1e-5)
+    assert concept.iloc[1:half].mean() >= concept.iloc[half:].mean()

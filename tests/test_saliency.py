@@ -1,0 +1,179 @@
+"""Weight-gradient saliency: agreement with a direct autograd computation on every architecture, routed-expert
+averaging, a planted dead layer, clean-up of gradient state, and the bootstrap summary."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from kmap.answer_tokens import continuation
+from kmap.models import LoadedModel, ModelSpec, load_model
+from kmap.saliency import (
+    METRICS,
+    SaliencySettings,
+    experts_of,
+    gradient_sums,
+    measured_parameters,
+    run_saliency,
+    summarise,
+)
+from kmap.stats import bootstrap_indices
+
+PROMPTS = pd.DataFrame(
+    {
+        "id": ["dose", "vignette", "short"],
+        "text": [
+            "the dose of metformin is",
+            "a 45 year old male patient presents with chest pain and fever , most likely has",
+            "a patient has",
+        ],
+        "target": ["500 mg twice daily", "angina", "fever"],
+    }
+)
+
+
+def routed_experts(model: LoadedModel, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Experts chosen for any token, recomputed from the router logits the model reports (top-k per token)."""
+    with torch.no_grad():
+        logits = model.model(input_ids=ids, output_router_logits=True).router_logits[layer]
+    return torch.unique(torch.topk(logits, model.model.config.num_experts_per_tok, dim=-1).indices)
+
+
+def direct_saliency(model: LoadedModel, text: str, target: str) -> np.ndarray:
+    """[n_layers, 2] mean |grad| (attention, mlp) from torch.autograd.grad over every parameter at once."""
+    prompt = model.tokenizer(text)["input_ids"]
+    answer = continuation(model.tokenizer, text, target)
+    ids = torch.tensor([prompt + answer])
+    modules = [(m.layer, m.part, m) for m in measured_parameters(model)]
+    params = [p for _, _, m in modules for p in (*m.dense, *m.experts)]
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            logp = model.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+            loss = -logp[torch.arange(len(answer)), torch.tensor(answer)].mean()
+            grads = dict(zip(map(id, params), torch.autograd.grad(loss, params, allow_unused=True), strict=True))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+    out = np.zeros((model.n_layers, 2))
+    for layer, part, m in modules:
+        total, count = 0.0, 0
+        for p in m.dense:
+            total += grads[id(p)].abs().sum().item() if grads[id(p)] is not None else 0.0
+            count += p.numel()
+        if m.experts:
+            routed = routed_experts(model, ids, layer)
+            for p in m.experts:
+                grad = grads[id(p)]
+                # Unrouted experts take no part in the forward: their gradient is exactly zero.
+                unrouted = torch.ones(p.shape[0], dtype=torch.bool)
+                unrouted[routed] = False
+                assert not grad[unrouted].any()
+                total += grad[routed].abs().sum().item()
+                count += len(routed) * p[0].numel()
+        out[layer, 0 if part == "attention" else 1] = total / count
+    return out
+
+
+def test_saliency_equals_direct_autograd(tiny: LoadedModel) -> None:
+    run = run_saliency(tiny, PROMPTS, SaliencySettings())
+    per_prompt = run.per_prompt()
+    for row, (text, target) in enumerate(zip(PROMPTS["text"], PROMPTS["target"], strict=True)):
+        expected = direct_saliency(tiny, text, target)
+        np.testing.assert_allclose(per_prompt["saliency_attention"][row], expected[:, 0], rtol=1e-5)
+        np.testing.assert_allclose(per_prompt["saliency_mlp"][row], expected[:, 1], rtol=1e-5)
+    # Combined: the parameter-weighted mean of the two parts.
+    weights = run.counts[0]
+    combined = (per_prompt["saliency_attention"][0] * weights[:, 0] + per_prompt["saliency_mlp"][0] * weights[:, 1]) / (
+        weights.sum(axis=1)
+    )
+    np.testing.assert_allclose(per_prompt["saliency_combined"][0], combined, rtol=1e-12)
+    assert np.all(run.losses > 0)
+
+
+def test_gradient_state_is_restored(tiny: LoadedModel) -> None:
+    run_saliency(tiny, PROMPTS.head(1), SaliencySettings())
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    assert all(p.grad is None for p in tiny.model.parameters())
+    for param in tiny.model.parameters():
+        assert not param._post_accumulate_grad_hooks
+
+
+@pytest.fixture(scope="module")
+def moe(tiny_dirs) -> LoadedModel:
+    """The mixture-of-experts architecture (GPT-OSS); the others have dense MLPs."""
+    return load_model(ModelSpec(name="moe", kind="tiny", source=str(tiny_dirs["gpt_oss"]), dtype="float32"))
+
+
+def test_dense_mlps_have_no_experts(tiny: LoadedModel) -> None:
+    assert (experts_of(tiny.parts.mlp(0)) is not None) == (tiny.parts.mlp(0).__class__.__name__ == "GptOssMLP")
+
+
+def test_only_routed_experts_count(moe: LoadedModel) -> None:
+    experts = experts_of(moe.parts.mlp(0))
+    assert experts is not None
+    model = copy.deepcopy(moe)
+    router = model.parts.mlp(0).router
+    with torch.no_grad():  # plant the routing: experts 1 and 3 win for every token
+        router.bias.copy_(torch.tensor([-100.0, 100.0, -100.0, 100.0]))
+    run = run_saliency(model, PROMPTS.head(1), SaliencySettings())
+    stacked = [p for p in experts.parameters() if p.shape[0] == experts.num_experts]
+    dense = sum(p.numel() for p in model.parts.mlp(0).parameters()) - sum(p.numel() for p in stacked)
+    assert run.counts[0, 0, 1] == dense + 2 * sum(p[0].numel() for p in stacked)
+    assert run.counts[0, 1, 1] > run.counts[0, 0, 1]  # layer 1 routes freely: more experts take part
+    expected = direct_saliency(model, PROMPTS["text"][0], PROMPTS["target"][0])
+    np.testing.assert_allclose(run.per_prompt()["saliency_mlp"][0], expected[:, 1], rtol=1e-5)
+
+
+def test_dead_layer_has_lower_saliency_than_its_neighbours(tiny: LoadedModel) -> None:
+    """Planted: layer 1's attention and MLP weights all zero, so the layer is the identity on the residual
+    stream and no gradient reaches its weights; its neighbours' saliency stays positive."""
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for module in (model.parts.attention(1), model.parts.mlp(1)):
+            for param in module.parameters():
+                param.zero_()
+    ids = model.tokenizer(PROMPTS["text"][1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        states = model.model(input_ids=ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(states[2], states[1], atol=0, rtol=0)  # zero effect, as planted
+    run = run_saliency(model, PROMPTS, SaliencySettings())
+    metrics, _ = summarise(run, "m", "d", n_boot=50)
+    for metric in METRICS:
+        curve = metrics[metrics["metric"] == metric].set_index("layer")
+        assert curve.loc[1, "ci_high"] < curve.loc[0, "ci_low"], metric
+        assert curve.loc[1, "ci_high"] < curve.loc[2, "ci_low"], metric
+
+
+def test_weights_without_gradients_are_refused_and_state_restored(tiny: LoadedModel) -> None:
+    model = copy.deepcopy(tiny)
+    model.parts.attention(2).register_parameter("packed", nn.Parameter(torch.zeros(4, dtype=torch.int8), False))
+    with pytest.raises(TypeError, match="dequantized"), gradient_sums(model, measured_parameters(model)):
+        pass
+    assert not any(p.requires_grad for p in model.model.parameters())
+
+
+def test_summary_means_and_shared_bootstrap() -> None:
+    class Run:
+        ids = ["a", "b", "c", "d"]
+
+        def per_prompt(self) -> dict[str, np.ndarray]:
+            values = np.array([[1.0, 4.0], [2.0, 4.0], [3.0, 4.0], [6.0, 4.0]])
+            return {"saliency_attention": values, "saliency_mlp": 2 * values}
+
+    metrics, replicates = summarise(Run(), "m", "d", n_boot=40, seed=1)
+    table = metrics.set_index(["metric", "layer"])
+    assert table.loc[("saliency_attention", 0), "value"] == 3.0
+    assert table.loc[("saliency_mlp", 0), "value"] == 6.0
+    assert table.loc[("saliency_attention", 1), ["value", "ci_low", "ci_high"]].tolist() == [4.0, 4.0, 4.0]
+    assert (metrics["n"] == 4).all() and set(metrics["method"]) == {"saliency"}
+    indices = bootstrap_indices(4, 40, 1)
+    expected = np.array([1.0, 2.0, 3.0, 6.0])[indices].mean(axis=1)
+    got = replicates[(replicates["metric"] == "saliency_mlp") & (replicates["layer"] == 0)].sort_values("replicate")
+    np.testing.assert_allclose(got["value"], 2 * expected)

@@ -1,0 +1,283 @@
+"""Activation patching over a pair set: the sweep driver, per-pair tables, aggregates with CIs, figures.
+
+Per used pair and layer, P = (LD_patched − LD_corrupted) / (LD_clean − LD_corrupted), for two position sets:
+``last`` (the answer position) and ``concept`` (where the clean and corrupted tokens differ). Aggregates per
+(variant, layer), each with a 95 % bootstrap CI over pairs (one index matrix for every layer and metric):
+
+- ``P_<variant>``: ratio of mean differences, mean(LD_patched − LD_corrupted) / mean(LD_clean − LD_corrupted);
+- ``P_median_<variant>``: median of per-pair P (robust to pairs whose denominator is small).
+
+Values outside [0, 1] are kept (overshoot is real). Layer -1 is the embedding output: there ``concept``
+patching reruns the clean prompt (P = 1) and ``last`` changes nothing (the last tokens are equal, P = 0), so
+the curves start from their two extremes. Pairs are excluded, and counted, when the tokenizer gives unequal
+lengths or unusable answers (``patching.prepare_pair``) or when |LD_clean − LD_corrupted| < ``min_gap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from kmap.hooks import EMBEDDINGS
+from kmap.models import LoadedModel
+from kmap.patching import (
+    METHOD,
+    VARIANTS,
+    PairRuns,
+    PatchingSettings,
+    PreparedPair,
+    prepare_pairs,
+    run_pairs,
+    sweep,
+)
+from kmap.stats import bootstrap_indices, percentile_ci
+
+USED = "used"
+SMALL_GAP = "small_gap"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PatchingRun:
+    # One row per (used pair, variant, layer) and one per excluded pair (variant and layer empty).
+    pairs: pd.DataFrame
+    heatmap: pd.DataFrame  # one row per (heatmap pair, layer, position)
+    n_layers: int
+
+
+def heatmap_ids(pairs: list[PreparedPair], count: int) -> set[str]:
+    """``count`` pairs spread evenly over the set (deterministic)."""
+    if count <= 0 or not pairs:
+        return set()
+    picks = np.unique(np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int))
+    return {pairs[i].id for i in picks}
+
+
+def patch_jobs(runs: PairRuns, used: list[int], heat: list[int]) -> tuple[Tensor, Tensor, list[tuple]]:
+    """Patched copies of one batch: each used row × variant, then each heatmap row × single position.
+
+    Returns rows [J], masks [J, T] and a label per copy: (variant, row, -1) or ("position", row, position).
+    """
+    device = runs.attention_mask.device
+    variant_masks = {"last": runs.last_mask(), "concept": runs.concept_mask()}
+    rows, masks, labels = [], [], []
+    for variant in VARIANTS:
+        for row in used:
+            rows.append(row)
+            masks.append(variant_masks[variant][row])
+            labels.append((variant, row, -1))
+    width = runs.attention_mask.shape[1]
+    for row in heat:
+        for position in range(int(runs.attention_mask[row].sum())):
+            rows.append(row)
+            masks.append(torch.arange(width, device=device) == position)
+            labels.append(("position", row, position))
+    if not rows:
+        return torch.empty(0, dtype=torch.long, device=device), torch.empty((0, width), dtype=torch.bool), []
+    return torch.tensor(rows, device=device), torch.stack(masks), labels
+
+
+def pair_record(pair: PreparedPair, runs: PairRuns, row: int, tokenizer: Any) -> dict[str, Any]:
+    return dict(
+        id=pair.id,
+        answer_mode=pair.answer_mode,
+        answer_token=tokenizer.decode([pair.answer]),
+        foil_token=tokenizer.decode([pair.foil]),
+        n_tokens=len(pair.clean),
+        concept_positions=",".join(map(str, pair.concept)),
+        ld_clean=float(runs.ld_clean[row]),
+        ld_corrupted=float(runs.ld_corrupted[row]),
+    )
+
+
+def batch_records(
+    batch: list[PreparedPair],
+    runs: PairRuns,
+    used: list[int],
+    labels: list[tuple],
+    lds: np.ndarray,
+    tokenizer: Any,
+) -> tuple[list[dict], list[dict]]:
+    """Pair and heatmap rows of a batch from its sweep (``lds`` [n_layers + 1, J]; row 0: layer -1)."""
+    base = [pair_record(pair, runs, row, tokenizer) for row, pair in enumerate(batch)]
+    pairs = [dict(base[row], status=SMALL_GAP) for row in range(len(batch)) if row not in set(used)]
+    heat = []
+    for j, (kind, row, position) in enumerate(labels):
+        for index, ld in enumerate(lds[:, j]):
+            record = dict(base[row], layer=index + EMBEDDINGS, ld_patched=float(ld))
+            if kind == "position":
+                token, corrupted = (
+                    tokenizer.decode([ids[position]]) for ids in (batch[row].clean, batch[row].corrupted)
+                )
+                heat.append(dict(record, position=position, token=token, corrupted_token=corrupted))
+            else:
+                pairs.append(dict(record, status=USED, variant=kind))
+    return pairs, heat
+
+
+def run_patching(
+    loaded: LoadedModel, frame: pd.DataFrame, settings: PatchingSettings, progress: Progress | None = None
+) -> PatchingRun:
+    """Clean and corrupted runs once per pair, then the exact fast sweep, batch by batch of pairs."""
+    prepared, excluded = prepare_pairs(loaded.tokenizer, frame, settings.multi_token_answers)
+    heat_ids = heatmap_ids(prepared, settings.heatmap_pairs)
+    pair_rows: list[dict] = [dict(id=pid, status=reason) for pid, reason in excluded.items()]
+    heat_rows: list[dict] = []
+    for start in range(0, len(prepared), settings.batch_size):
+        batch = prepared[start : start + settings.batch_size]
+        runs = run_pairs(loaded, batch)
+        gap = (runs.ld_clean - runs.ld_corrupted).abs()
+        used = torch.nonzero(gap >= settings.min_gap).flatten().tolist()
+        heat = [row for row in used if batch[row].id in heat_ids]
+        rows, masks, labels = patch_jobs(runs, used, heat)
+        lds = sweep(runs, loaded, rows, masks, settings.batch_size, settings.reuse_positions).cpu().numpy()
+        new_pairs, new_heat = batch_records(batch, runs, used, labels, lds, loaded.tokenizer)
+        pair_rows += new_pairs
+        heat_rows += new_heat
+        if progress is not None:
+            progress(min(start + settings.batch_size, len(prepared)), len(prepared))
+    pairs = with_p(pair_rows)
+    if "variant" not in pairs:
+        pairs["variant"] = pd.Series(pd.NA, index=pairs.index, dtype="string")
+    return PatchingRun(pairs=pairs, heatmap=with_p(heat_rows), n_layers=loaded.n_layers)
+
+
+def with_p(records: list[dict]) -> pd.DataFrame:
+    """A table of the records with the per-copy normalised logit difference P (NaN where not swept)."""
+    table = pd.DataFrame.from_records(records)
+    for column in ("layer", "ld_clean", "ld_corrupted", "ld_patched"):
+        if column not in table:
+            table[column] = np.nan
+    table["layer"] = table["layer"].astype("Int64")
+    table["p"] = (table["ld_patched"] - table["ld_corrupted"]) / (table["ld_clean"] - table["ld_corrupted"])
+    return table
+
+
+# --- aggregates ------------------------------------------------------------------------------------------
+
+
+def exclusion_note(pairs: pd.DataFrame) -> str:
+    """'excluded 3 of 58 pairs: 2 small_gap, 1 unequal_length' (empty when none was excluded)."""
+    status = pairs.drop_duplicates("id")["status"]
+    dropped = status[status != USED].value_counts().sort_index()
+    if dropped.empty:
+        return ""
+    reasons = ", ".join(f"{count} {reason}" for reason, count in dropped.items())
+    return f"excluded {int(dropped.sum())} of {len(status)} pairs: {reasons}"
+
+
+def variant_matrices(pairs: pd.DataFrame, variant: str, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """LD_patched − LD_corrupted [n_pairs, n_layers] and LD_clean − LD_corrupted [n_pairs] of used pairs."""
+    part = pairs[(pairs["status"] == USED) & (pairs["variant"] == variant)]
+    patched = part.pivot(index="id", columns="layer", values="ld_patched").reindex(columns=layers)
+    first = part.drop_duplicates("id").set_index("id").loc[patched.index]
+    corrupted = first["ld_corrupted"].to_numpy(dtype=float)
+    numerator = patched.to_numpy(dtype=float) - corrupted[:, None]
+    return numerator, first["ld_clean"].to_numpy(dtype=float) - corrupted
+
+
+def ratio_of_means(
+    numerator: np.ndarray, denominator: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Value [n_layers] and bootstrap replicates [B, n_layers] of mean(numerator) / mean(denominator)."""
+    value = numerator.mean(axis=0) / denominator.mean()
+    replicates = numerator[indices].mean(axis=1) / denominator[indices].mean(axis=1)[:, None]
+    return value, replicates
+
+
+def median_ratio(numerator: np.ndarray, denominator: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value and replicates of the median over pairs of per-pair P = numerator / denominator."""
+    per_pair = numerator / denominator[:, None]
+    return np.median(per_pair, axis=0), np.median(per_pair[indices], axis=1)
+
+
+AGGREGATES = {"P": ratio_of_means, "P_median": median_ratio}
+
+
+def summarise(
+    pairs: pd.DataFrame, model: str, domain: str, n_layers: int, n_boot: int = 200, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metric rows (value, CI, n, note) and bootstrap replicates per (metric, layer -1..n_layers-1)."""
+    layers = list(range(EMBEDDINGS, n_layers))
+    note = exclusion_note(pairs)
+    n_used = int((pairs.drop_duplicates("id")["status"] == USED).sum())
+    indices = bootstrap_indices(n_used, n_boot, seed) if n_used else None
+    rows, reps = [], []
+    for variant in VARIANTS:
+        numerator, denominator = variant_matrices(pairs, variant, layers) if n_used else (None, None)
+        for name, aggregate in AGGREGATES.items():
+            metric = f"{name}_{variant}"
+            if indices is None:
+                rows += [
+                    dict(layer=layer, metric=metric, value=np.nan, n=0, note=note or "no pairs") for layer in layers
+                ]
+                continue
+            values, replicates = aggregate(numerator, denominator, indices)
+            for j, layer in enumerate(layers):
+                low, high = percentile_ci(replicates[:, j])
+                rows.append(
+                    dict(
+                        layer=layer,
+                        metric=metric,
+                        value=values[j],
+                        ci_low=low,
+                        ci_high=high,
+                        n=n_used,
+                        note=note,
+                    )
+                )
+                reps += [dict(layer=layer, metric=metric, replicate=b, value=v) for b, v in enumerate(replicates[:, j])]
+    keys = dict(model=model, domain=domain, method=METHOD)
+    metrics = pd.DataFrame(rows).assign(**keys)
+    for column in ("ci_low", "ci_high"):
+        if column not in metrics:
+            metrics[column] = np.nan
+    replicates = pd.DataFrame(reps, columns=["layer", "metric", "replicate", "value"]).assign(**keys)
+    return metrics, replicates
+
+
+# --- figures ---------------------------------------------------------------------------------------------
+
+
+def heatmap_figure(heatmap: pd.DataFrame, out_png: str | Path, out_pdf: str | Path, title: str) -> int:
+    """Layer × position P for each heatmap pair (tokens on the x axis, clean/corrupted where they differ).
+
+    Returns the number of panels drawn (a placeholder panel says so when no pair qualified).
+    """
+    import matplotlib.pyplot as plt
+
+    from kmap.plotting import save
+
+    ids = list(dict.fromkeys(heatmap["id"])) if not heatmap.empty else []
+    cols = min(3, max(1, len(ids)))
+    rows = max(1, int(np.ceil(len(ids) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.4 * rows), squeeze=False)
+    image = None
+    for ax, pair_id in zip(axes.flat, ids, strict=False):
+        part = heatmap[heatmap["id"] == pair_id]
+        grid = part.pivot(index="layer", columns="position", values="p").sort_index()
+        image = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        tokens = part.drop_duplicates("position").sort_values("position")
+        labels = [a if a == b else f"{a}/{b}" for a, b in zip(tokens["token"], tokens["corrupted_token"], strict=True)]
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(grid.index)), ["emb" if layer == EMBEDDINGS else str(layer) for layer in grid.index])
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_title(pair_id, fontsize=8)
+        ax.set_ylabel("layer", fontsize=7)
+    for ax in list(axes.flat)[len(ids) :]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.7, extend="both", label="P (one position patched)")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no pair passed the filters", ha="center", va="center")
+    fig.suptitle(title)
+    save(fig, out_png, out_pdf)
+    return len(ids)
