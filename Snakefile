@@ -11,6 +11,9 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/activations.smk"
@@ -18,6 +21,7 @@ include: "rules/geometry.smk"
 include: "rules/saliency.smk"
 include: "rules/ablation.smk"
 include: "rules/patching.smk"
+include: "rules/maps.smk"
 
 
 rule all:

@@ -14,7 +14,17 @@ rule ablation_generate:
         responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
         metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.metrics.parquet",
         replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.replicates.parquet",
-        curves_png=f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.png",
+        curves_png=report(
+            f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.png",
+            caption="../report/curves.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={
+                "model": "{model}",
+                "domain": "{domain}",
+                "figure": "ablation (judge-free)",
+            },
+        ),
         curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.pdf",
         provenance=f"{RESULTS}/ablation/{{model}}/{{domain}}.provenance.json",
     log:
@@ -66,7 +76,17 @@ rule ablation_judge:
         judge=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge.parquet",
         metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_metrics.parquet",
         replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_replicates.parquet",
-        curves_png=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.png",
+        curves_png=report(
+            f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.png",
+            caption="../report/curves.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={
+                "model": "{model}",
+                "domain": "{domain}",
+                "figure": "ablation (judge)",
+            },
+        ),
         curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.pdf",
         provenance=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_provenance.json",
     log:

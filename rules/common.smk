@@ -36,6 +36,8 @@ DOMAINS = config["domains"]
 SPECS = model_specs(config)
 MODELS = list(SPECS)
 METHODS = model_methods(config)
+# Models with at least one method get a knowledge map (tiny coverage models usually have none).
+MAP_MODELS = [name for name in MODELS if METHODS[name]]
 
 validate_all(Path(PROMPTS), DOMAINS)
 
@@ -52,6 +54,7 @@ def alternation(names):
 wildcard_constraints:
     model=alternation(MODELS),
     domain=alternation(DOMAINS),
+    method=alternation(sorted({m for methods in METHODS.values() for m in methods})),
     demo_model=alternation(names_of("demo")),
     tiny_model=alternation(names_of("tiny")),
 
@@ -138,4 +141,7 @@ def all_targets():
     patching = method_targets(
         "patching", f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet"
     )
-    return demo + activation_targets() + umap + saliency + ablation + patching
+    maps = expand(f"{RESULTS}/maps/{{model}}/map.png", model=MAP_MODELS)
+    summary = [f"{RESULTS}/summary/table1.csv"] if MAP_MODELS else []
+    methods = umap + saliency + ablation + patching
+    return demo + activation_targets() + methods + maps + summary

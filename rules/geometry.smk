@@ -10,9 +10,25 @@ rule umap:
         replicates=f"{RESULTS}/umap/{{model}}/{{domain}}.replicates.parquet",
         coords=f"{RESULTS}/umap/{{model}}/{{domain}}.coords.parquet",
         findings=f"{RESULTS}/umap/{{model}}/{{domain}}.findings.parquet",
-        curves_png=f"{RESULTS}/umap/{{model}}/{{domain}}.curves.png",
+        curves_png=report(
+            f"{RESULTS}/umap/{{model}}/{{domain}}.curves.png",
+            caption="../report/curves.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={
+                "model": "{model}",
+                "domain": "{domain}",
+                "figure": "UMAP metrics",
+            },
+        ),
         curves_pdf=f"{RESULTS}/umap/{{model}}/{{domain}}.curves.pdf",
-        panels_png=f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png",
+        panels_png=report(
+            f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png",
+            caption="../report/panels.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={"model": "{model}", "domain": "{domain}", "figure": "UMAP panels"},
+        ),
         panels_pdf=f"{RESULTS}/umap/{{model}}/{{domain}}.panels.pdf",
     log:
         f"{RESULTS}/logs/umap/{{model}}/{{domain}}.log",

@@ -26,9 +26,25 @@ rule patching:
         replicates=f"{RESULTS}/patching/{{model}}/{{domain}}.replicates.parquet",
         pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
         heatmap=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.parquet",
-        curves_png=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.png",
+        curves_png=report(
+            f"{RESULTS}/patching/{{model}}/{{domain}}.curves.png",
+            caption="../report/curves.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={"model": "{model}", "domain": "{domain}", "figure": "patching"},
+        ),
         curves_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.pdf",
-        heatmap_png=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.png",
+        heatmap_png=report(
+            f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.png",
+            caption="../report/heatmap.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={
+                "model": "{model}",
+                "domain": "{domain}",
+                "figure": "patching heatmap",
+            },
+        ),
         heatmap_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.pdf",
     log:
         f"{RESULTS}/logs/patching/{{model}}/{{domain}}.log",

@@ -12,7 +12,13 @@ rule saliency:
     output:
         metrics=f"{RESULTS}/saliency/{{model}}/{{domain}}.metrics.parquet",
         replicates=f"{RESULTS}/saliency/{{model}}/{{domain}}.replicates.parquet",
-        curves_png=f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.png",
+        curves_png=report(
+            f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.png",
+            caption="../report/curves.rst",
+            category="2. Methods: {model}",
+            subcategory="{domain}",
+            labels={"model": "{model}", "domain": "{domain}", "figure": "saliency"},
+        ),
         curves_pdf=f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.pdf",
     log:
         f"{RESULTS}/logs/saliency/{{model}}/{{domain}}.log",

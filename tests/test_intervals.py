@@ -132,3 +132,19 @@ def test_stability_sharp_peak_vs_flat() -> None:
     flat_freq = stability("percentile", LAYERS, flat)
     # A flat curve's layers are each picked less often than the 25 % a percentile rule would imply.
     assert flat_freq.max() < 0.5 and flat_freq.mean() < 0.25
+
+
+def test_combined_rules_give_the_union() -> None:
+    # A sigmoid rising around layer 6 and saturating: the percentile rule takes the top plateau, the rise
+    # rule the steepest 3-layer window; "percentile+rise" reports both, in layer order.
+    curve = 1 / (1 + np.exp(-(LAYERS - 6.0)))
+    top = select("percentile", LAYERS, curve, NO_SMOOTH)
+    rise = select("rise", LAYERS, curve, NO_SMOOTH)
+    both = select("percentile+rise", LAYERS, curve, NO_SMOOTH)
+    assert rise == [Interval(5, 7, pytest.approx(curve[7] - curve[5]))]
+    assert top[0].start > 7
+    assert both == rise + top
+    mask = selected_mask(LAYERS, both)
+    assert mask.tolist() == (selected_mask(LAYERS, rise) | selected_mask(LAYERS, top)).tolist()
+    with pytest.raises(ValueError, match="joined by"):
+        select("percentile+peak", LAYERS, curve)

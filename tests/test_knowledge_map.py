@@ -6,10 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from kmap.intervals import RuleParams
-from kmap.knowledge_map import choose_metric, consensus, curve_from_tables, curve_intervals, summary_table
-from kmap.map_figure import draw_map
+from kmap.knowledge_map import (
+    MapSettings,
+    choose_metric,
+    concept_curves,
+    consensus,
+    curve_from_tables,
+    curve_intervals,
+    map_curve,
+    markdown_table,
+    summary_table,
+)
+from kmap.map_figure import draw_cross_model, draw_map, summary_figure
 
 LAYERS = np.arange(-1, 16)
 
@@ -94,3 +105,96 @@ def test_map_figure_draws_selected_and_consensus_cells(tmp_path: Path) -> None:
     assert (tmp_path / "map.png").stat().st_size > 1000 and (tmp_path / "map.pdf").exists()
     relative = draw_map(cells, agree, tmp_path / "rel.png", tmp_path / "rel.pdf", "m", x="depth")
     assert relative == drawn
+
+
+def test_map_settings_merge_partial_overrides_and_reject_unknown_keys() -> None:
+    settings = MapSettings.from_dict({"metrics": {"ablation": ["logprob_drop"]}, "sigma": 2.0})
+    assert settings.metrics["ablation"] == ["logprob_drop"] and settings.metrics["patching"] == ["P_last"]
+    assert settings.rule_params().sigma == 2.0
+    assert settings.candidates("umap", "age") == (["r2"], "best_ci")
+    assert settings.candidates("umap", "drugs") == (["silhouette:mechanism"], "rise")
+    assert settings.candidates("patching", "dosage") == (["P_last"], "percentile+rise")
+    with pytest.raises(ValueError, match="unknown setting"):
+        MapSettings.from_dict({"sigmaa": 1})
+
+
+def test_ablation_curve_uses_the_judge_only_when_it_scored() -> None:
+    kl, kl_reps = _tables("ablation", "kl", _bump(3))
+    judge, judge_reps = _tables("ablation", "judge_score", _bump(12) * 9 + 1)
+    settings = MapSettings()
+    both = map_curve(pd.concat([kl, judge]), pd.concat([kl_reps, judge_reps]), "ablation", "disease", settings)
+    assert both.metric == "judge_score" and int(np.argmax(both.values)) == 12
+    skipped = judge.assign(value=np.nan, ci_low=np.nan, ci_high=np.nan)  # no key: every score missing
+    fallback = map_curve(pd.concat([kl, skipped]), pd.concat([kl_reps, judge_reps]), "ablation", "disease", settings)
+    assert fallback.metric == "kl" and int(fallback.layers[np.argmax(fallback.values)]) == 3
+    # Only decoder layers are mapped: the embedding row (-1) is dropped, from the replicates too.
+    assert fallback.layers.min() == 0 and fallback.replicates.shape == (100, len(LAYERS) - 1)
+    assert (
+        map_curve(
+            skipped,
+            judge_reps,
+            "ablation",
+            "disease",
+            MapSettings.from_dict({"metrics": {"ablation": ["judge_score"]}}),
+        )
+        is None
+    )
+
+
+def test_table1_from_metric_tables_and_markdown() -> None:
+    age_a, _ = _tables("umap", "r2", _bump(4) * 0.9, domain="age", model="a")
+    age_b, _ = _tables("umap", "r2", _bump(9) * 0.7, domain="age", model="b")
+    dosage, _ = _tables("patching", "P_last", np.linspace(0, 1, len(LAYERS)), domain="dosage", model="a")
+    curves = concept_curves({("age", "umap"): pd.concat([age_a, age_b]), ("dosage", "patching"): dosage})
+    assert list(curves) == ["age R²", "dosage patching efficiency"]
+    table = summary_table(curves)
+    best = table.set_index(["concept", "model"])
+    assert best.loc[("age R²", "a"), "layer"] == 4 and best.loc[("age R²", "b"), "layer"] == 9
+    assert best.loc[("age R²", "b"), "value"] == pytest.approx(0.7)
+    assert best.loc[("dosage patching efficiency", "a"), "layer"] == 15
+    text = markdown_table(table)
+    assert text.splitlines()[0] == "| concept | a | b |"
+    assert "| age R² | 0.90 [0.85, 0.95] (L4) | 0.70 [0.65, 0.75] (L9) |" in text
+    assert "| dosage patching efficiency | 1.00 [0.95, 1.05] (L15) | n/a |" in text
+
+
+def test_cross_model_and_summary_figures_draw_every_model(tmp_path: Path) -> None:
+    cells = []
+    for model, n_layers in (("deep", 16), ("shallow", 8)):
+        layers = np.arange(n_layers)
+        for method, centre in [("patching", 0.5), ("saliency", 0.5), ("umap", 0.2)]:
+            curve = np.exp(-0.5 * ((layers / n_layers - centre) * n_layers / 1.5) ** 2)
+            metrics = pd.DataFrame(
+                dict(model=model, domain="disease", method=method, layer=layers, metric="v", value=curve)
+                | dict(ci_low=curve - 0.05, ci_high=curve + 0.05, n=10)
+            )
+            cells.append(curve_intervals(curve_from_tables(metrics, None, "v", "percentile"), RuleParams())[1])
+    cells = pd.concat(cells)
+    agree = consensus(cells)
+    drawn = draw_cross_model(cells, agree, tmp_path / "x.png", tmp_path / "x.pdf")
+    for model in ("deep", "shallow"):
+        mine = cells[cells["model"] == model]
+        assert drawn[model]["selected_cells"] == int(mine["selected"].sum()) > 0
+        assert drawn[model]["consensus_cells"] == int(agree[agree["model"] == model]["consensus"].sum()) > 0
+    # On relative depth both models' consensus sits around the middle.
+    for model in ("deep", "shallow"):
+        mine = cells[(cells["model"] == model) & cells["selected"] & (cells["method"] == "patching")]
+        assert 0.3 <= mine["depth"].mean() <= 0.6
+    table = pd.DataFrame(
+        dict(model=["deep", "shallow", "deep"], concept=["c1", "c1", "c2"], value=[0.5, np.nan, 0.2])
+        | dict(ci_low=[0.4, np.nan, 0.1], ci_high=[0.6, np.nan, 0.3], layer=[3, np.nan, 5])
+    )
+    assert summary_figure(table, tmp_path / "t.png", tmp_path / "t.pdf") == 2
+    for name in ("x", "t"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 2000 and (tmp_path / f"{name}.pdf").exists()
+
+
+def test_map_of_a_model_without_finite_curves_is_drawn_empty(tmp_path: Path) -> None:
+    from kmap.knowledge_map import read_cells
+
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame(columns=["model", "layer"]).to_parquet(empty)
+    cells = read_cells([str(empty)])
+    assert cells.empty and str(cells["layer"].dtype) == "int64"
+    drawn = draw_map(cells, consensus(cells), tmp_path / "m.png", tmp_path / "m.pdf", "m")
+    assert drawn == {"selected_cells": 0, "consensus_cells": 0} and (tmp_path / "m.png").exists()

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,11 +32,22 @@ def _config(model_dir: Path) -> dict:
     return {
         "models": {
             # A local checkpoint as kind hf: planned like a hub model, so its GPU rule asks SLURM for a GPU.
-            "local-llama": {"kind": "hf", "source": str(model_dir), "n_layers": 2, "dtype": "float32"},
-            "tiny-qwen3": {"kind": "tiny", "architecture": "qwen3", "dtype": "float32"},
+            # One CPU method (umap, then the map rules) and one GPU method (patching) besides activations.
+            "local-llama": {
+                "kind": "hf",
+                "source": str(model_dir),
+                "n_layers": 2,
+                "dtype": "float32",
+                "methods": ["umap", "patching"],
+            },
+            "tiny-qwen3": {"kind": "tiny", "architecture": "qwen3", "dtype": "float32", "methods": []},
         },
         "domains": ["disease"],
         "tiny": {"n_layers": 2, "hidden_size": 32},
+        "bootstrap": {"n": 20},
+        "umap": {"n_epochs": 30},
+        # The tiny tokenizer splits answers into several tokens: compare at the first differing one.
+        "patching": {"multi_token_answers": "all", "min_gap": 0.0, "heatmap_pairs": 1},
     }
 
 
@@ -49,6 +61,7 @@ def _slurm_profile(work: Path) -> Path:
             "jobs": 4,
         }
     )
+    profile["set-threads"] = {"umap": 1}  # the CI node has 2 CPUs; the study profile asks 8 for UMAP
     profile["default-resources"] = {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 1000, "cpus_per_task": 1}
     target = work / "profiles" / "ci-slurm"
     target.mkdir()
@@ -87,8 +100,12 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     # The GPU rule asked for the model's planned GPU; CPU-only jobs asked for none.
     gpu_jobs = [p.stem for p in job_logs if "activations" in str(p) and "local-llama" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
-    cpu_jobs = [p.stem for p in job_logs if "tiny_model" in str(p)]
-    assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), listed
+    gpu_jobs = [p.stem for p in job_logs if "patching" in str(p)]
+    assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
+    cpu_rules = ("tiny_model", "umap", "intervals", "knowledge_map", "cross_model")
+    for rule in cpu_rules:
+        cpu_jobs = [p.stem for p in job_logs if f"rule_{rule}" in str(p)]
+        assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), (rule, listed)
 
     # Same results as the local run.
     for model in ("local-llama", "tiny-qwen3"):
@@ -99,3 +116,7 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
             *(local / f"results/activations/{model}/disease.{ext}" for ext in ("safetensors", "prompts.parquet"))
         )
         np.testing.assert_array_equal(a.acts, b.acts)
+    # The GPU method's results and the map agree too (patching is deterministic; UMAP is seeded).
+    for name in ("patching/local-llama/disease.pairs.parquet", "maps/local-llama/map_cells.parquet"):
+        a, b = (pd.read_parquet(root / "results" / name) for root in (cluster, local))
+        pd.testing.assert_frame_equal(a, b)

@@ -130,3 +130,41 @@ def test_parallel_layers_equal_sequential(clustered) -> None:
     for a, b in zip(sequential, parallel, strict=True):
         np.testing.assert_array_equal(a[30], b[30])
         np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_silhouette_ci_contains_estimate_with_many_small_labels() -> None:
+    """60 labels of 3 prompts, weakly clustered (like the drug mechanisms): recomputing the silhouette on
+    resamples is biased low (its interval misses the estimate); resampling per-prompt values is not."""
+    from kmap.geometry import pairwise, silhouette_from_distances
+    from kmap.stats import bootstrap_indices, percentile_ci
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([f"class{i}" for i in range(60)], 3)
+    points = np.repeat(rng.normal(0, 0.6, size=(60, 16)), 3, axis=0) + rng.normal(size=(180, 16))
+    table = pd.DataFrame({"id": [f"p{i}" for i in range(180)], "mechanism": labels})
+    cache = _cache(table, [points, points])
+    metrics = run_geometry(cache, "m", "drugs", ("mechanism",), UmapParams(n_epochs=30), n_boot=100).metrics
+    raw = _value(metrics, 0, "silhouette_raw:mechanism")
+    assert raw["ci_low"] <= raw["value"] <= raw["ci_high"]
+    # The naive bootstrap on the same data is the biased one this guards against.
+    distances = pairwise(points, "cosine")
+    naive = [
+        silhouette_from_distances(distances, labels, np.bincount(rows, minlength=180))
+        for rows in bootstrap_indices(180, 100, 0)
+    ]
+    low, high = percentile_ci(np.array(naive))
+    assert high < raw["value"]
+
+
+def test_silhouette_ci_shrinks_with_more_prompts() -> None:
+    rng = np.random.default_rng(1)
+    widths = []
+    for per_label in (10, 80):
+        labels = np.repeat(["a", "b", "c"], per_label)
+        points = np.repeat(rng.normal(0, 1.5, size=(3, 8)), per_label, axis=0) + rng.normal(size=(3 * per_label, 8))
+        table = pd.DataFrame({"id": [f"p{i}" for i in range(len(labels))], "system": labels})
+        metrics = run_geometry(_cache(table, [points]), "m", "symptoms", ("system",), PARAMS, n_boot=100).metrics
+        row = _value(metrics, -1, "silhouette_raw:system")
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+        widths.append(row["ci_high"] - row["ci_low"])
+    assert widths[1] < 0.6 * widths[0]

@@ -26,7 +26,8 @@ FAST = {
     "umap": {"n_epochs": 50},
     "saliency": {"max_prompts": 20},
     "ablation": {"max_new_tokens": 4},
-    "patching": {"heatmap_pairs": 2},
+    # The 20-step demo barely separates clean from corrupted answers: keep every pair (plumbing, not science).
+    "patching": {"heatmap_pairs": 2, "min_gap": 0.0},
 }
 METHOD_OUTPUTS = {
     "saliency": ("metrics.parquet", "curves.png"),
@@ -79,6 +80,49 @@ def test_full_run_outputs(ran: Path) -> None:
     assert "skipped" in judge_log and "OPENAI_API_KEY" in judge_log
 
 
+def test_full_run_ends_in_maps_and_table(ran: Path) -> None:
+    import pandas as pd
+
+    maps = ran / "results" / "maps"
+    assert sorted(p.name for p in maps.iterdir()) == ["demo"]  # the tiny model has no methods, so no map
+    intervals = pd.read_csv(maps / "demo" / "intervals.csv")
+    cells = pd.read_parquet(maps / "demo" / "map_cells.parquet")
+    assert set(cells["method"]) == {"umap", "saliency", "ablation", "patching"}
+    assert set(cells["domain"]) == {"age", "disease"} and cells["layer"].min() == 0
+    # Every interval in the table is drawn from the cells behind the figure.
+    for row in intervals.itertuples():
+        part = cells[(cells["domain"] == row.domain) & (cells["method"] == row.method)].set_index("layer")
+        assert part.loc[row.start : row.end, "selected"].all()
+    # Without a judge key, ablation is mapped by the judge-free KL.
+    assert set(cells.loc[cells["method"] == "ablation", "metric"]) == {"kl"}
+    table = pd.read_csv(ran / "results" / "summary" / "table1.csv")
+    assert list(table["concept"]) == ["age R²", "disease silhouette"]
+    r2 = pd.read_parquet(ran / "results" / "umap" / "demo" / "age.metrics.parquet")
+    r2 = r2[(r2["metric"] == "r2") & (r2["layer"] >= 0)]
+    assert table.iloc[0]["value"] == pytest.approx(r2["value"].max())
+    for name in ("cross_model_map.png", "cross_model_map.pdf", "table1.md", "table1.png"):
+        assert (ran / "results" / "summary" / name).stat().st_size > 100
+
+
+def test_report_contains_every_map(ran: Path) -> None:
+    import zipfile
+
+    snakemake(ran, "--configfile", "config/test.yaml", "--report", "report.zip")
+    archive = zipfile.ZipFile(ran / "report.zip")
+    # The report stores each file under data/raw/<hash>/<name>: match by name and content.
+    contents = {(Path(n).name, archive.read(n)) for n in archive.namelist() if "/data/raw/" in n}
+    for name in (
+        "maps/demo/map.png",
+        "maps/demo/intervals.csv",
+        "summary/table1.csv",
+        "summary/cross_model_map.png",
+        "patching/demo/disease.heatmap.png",
+        "umap/demo/age.panels.png",
+    ):
+        path = ran / "results" / name
+        assert (path.name, path.read_bytes()) in contents, name
+
+
 def test_rerun_plans_nothing(ran: Path) -> None:
     assert _plan(ran) == {}
 
@@ -104,6 +148,9 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
             "saliency": 1,
             "ablation_generate": 1,
             "ablation_judge": 1,
+            "intervals": 3,  # disease: umap, saliency, ablation
+            "knowledge_map": 1,
+            "cross_model": 1,
             "all": 1,
         }, plan
         assert "activations/demo/disease.safetensors" in result.stdout
@@ -119,7 +166,7 @@ def test_editing_patching_pairs_reruns_only_patching(ran: Path) -> None:
     lines = original.splitlines(keepends=True)
     pairs.write_text("".join(lines[:-1]))  # drop the last pair
     try:
-        assert _plan(ran) == {"patching": 1, "all": 1}
+        assert _plan(ran) == {"patching": 1, "intervals": 1, "knowledge_map": 1, "cross_model": 1, "all": 1}
     finally:
         pairs.write_text(original)
 
@@ -128,7 +175,8 @@ def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
     config = dict(FAST, activations={"position": "concept_mean"})
     write_config(ran, config, "position.yaml")
     result = snakemake(ran, "-n", "--configfile", "config/position.yaml")
-    assert job_counts(result.stdout) == {"activations": 4, "umap": 2, "all": 1}
+    maps = {"intervals": 2, "knowledge_map": 1, "cross_model": 1}
+    assert job_counts(result.stdout) == {"activations": 4, "umap": 2, **maps, "all": 1}
     assert "params" in result.stdout.lower()
     # The batch size never changes values (tested in test_activations), so it reruns nothing.
     write_config(ran, dict(FAST, activations={"batch_size": 3}), "batch.yaml")
@@ -140,7 +188,8 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
     result = snakemake(work, "-n", "--configfile", "config/paper.yaml")
     counts = job_counts(result.stdout)
     per_job = ("activations", "umap", "saliency", "ablation_generate", "ablation_judge", "patching")
-    assert counts == {**dict.fromkeys(per_job, 11 * 6), "all": 1}
+    maps = {"intervals": 11 * 6 * 4, "knowledge_map": 11, "cross_model": 1}
+    assert counts == {**dict.fromkeys(per_job, 11 * 6), **maps, "all": 1}
     assert "demo_model" not in result.stdout
 
     def resources(model: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profiles", "envs")
+COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profiles", "envs", "report")
 
 
 def copy_workflow(dest: Path) -> Path:

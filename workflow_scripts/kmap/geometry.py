@@ -20,20 +20,22 @@ def pairwise(points: np.ndarray, metric: str = "euclidean") -> np.ndarray:
     return cdist(points, points, metric=metric)
 
 
-def silhouette_from_distances(distances: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Mean silhouette s(i) = (b - a) / max(a, b); a point alone in its label scores 0 (as scikit-learn).
+def silhouette_values(
+    distances: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point silhouettes s(i) = (b - a) / max(a, b) and the points' weights (zero-weight points get s = 0).
 
-    ``weights`` are multiplicities (a bootstrap resample as counts per original point): copies of a point are
-    never its own neighbours, so resampling does not fake tight clusters out of duplicates. NaN when fewer
-    than two labels are present."""
+    A point alone in its label scores 0 (as scikit-learn). ``weights`` are multiplicities (a resample as counts
+    per original point): copies of a point are never its own neighbours, so duplicates do not fake tight
+    clusters. Raises ValueError when fewer than two labels have weight."""
     labels = np.asarray(labels)
-    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
-    present = w > 0
+    w_all = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
+    present = w_all > 0
     names, codes = np.unique(labels[present], return_inverse=True)
     if len(names) < 2:
-        return float("nan")
+        raise ValueError("silhouette needs at least two labels")
     distances = distances[np.ix_(present, present)]
-    w = w[present]
+    w = w_all[present]
     onehot = np.eye(len(names))[codes] * w[:, None]  # [n, k], weighted
     sums = distances @ onehot  # weighted distance from each point to each label (own copies add 0)
     counts = onehot.sum(axis=0)
@@ -48,6 +50,17 @@ def silhouette_from_distances(distances: np.ndarray, labels: np.ndarray, weights
         s = (b - a) / np.maximum(a, b)
     s[own_count <= 0] = 0.0
     s[~np.isfinite(s)] = 0.0
+    values = np.zeros(len(labels))
+    values[present] = s
+    return values, w_all
+
+
+def silhouette_from_distances(distances: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean silhouette (weighted by ``weights``, see ``silhouette_values``); NaN with fewer than two labels."""
+    try:
+        s, w = silhouette_values(distances, labels, weights)
+    except ValueError:
+        return float("nan")
     return float(np.sum(w * s) / np.sum(w))
 
 

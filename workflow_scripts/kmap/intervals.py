@@ -10,6 +10,9 @@ layers where the knowledge sits:
   segments of at least ``min_length`` layers, at most ``max_segments`` kept, largest area above the
   threshold first (saliency, ablation, patching). A flat curve has nothing strictly above its percentile.
 
+Rules combine with ``+`` (``percentile+rise``: the union of both, used for patching, where the spec adds the
+window of steepest rise of the last-position curve to the study's percentile rule).
+
 Ties are resolved towards the earlier layer, so selection is deterministic. ``stability`` reruns a rule on
 bootstrap replicate curves and reports how often each layer is selected.
 """
@@ -121,6 +124,9 @@ def select(
     ci_low: np.ndarray | None = None,
 ) -> list[Interval]:
     """Apply ``rule`` to one curve (layers ascending)."""
+    if "+" in rule:
+        parts = [select(part, layers, values, params, ci_low) for part in rule.split("+")]
+        return sorted((i for found in parts for i in found), key=lambda i: (i.start, i.end))
     layers = np.asarray(layers)
     values = np.asarray(values, dtype=float)
     if rule == "rise":
@@ -130,7 +136,7 @@ def select(
         return within_best_ci(layers, values, low)
     if rule == "percentile":
         return above_percentile(layers, smooth(values, params.sigma), params)
-    raise ValueError(f"unknown interval rule {rule!r}; use one of {RULES}")
+    raise ValueError(f"unknown interval rule {rule!r}; use one of {RULES}, or several joined by '+'")
 
 
 def selected_mask(layers: np.ndarray, intervals: list[Interval]) -> np.ndarray:

@@ -9,7 +9,8 @@ score can stand for ablation when a judge ran and the judge-free KL otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,28 @@ CELL_COLUMNS = (
 )
 
 
+CELL_DTYPES = {
+    "model": "string",
+    "domain": "string",
+    "method": "string",
+    "metric": "string",
+    "layer": "int64",
+    "depth": "float64",
+    "value": "float64",
+    "smoothed": "float64",
+    "selected": "bool",
+    "stability": "float64",
+}
+
+
+def read_cells(paths: Sequence[str]) -> pd.DataFrame:
+    """The cell tables of several curves as one typed frame (curves without a usable metric wrote none)."""
+    frames = [frame for frame in (pd.read_parquet(path) for path in paths) if not frame.empty]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in CELL_DTYPES.items()})
+    return pd.concat(frames, ignore_index=True).astype(CELL_DTYPES)
+
+
 @dataclass(frozen=True)
 class MapCurve:
     model: str
@@ -44,12 +67,98 @@ class MapCurve:
     replicates: np.ndarray | None  # [B, n_layers] or None
 
 
+# The metric standing for each method on the map (first candidate with a finite value wins), and for UMAP the
+# label each domain's silhouette groups by; age uses R² with the best-CI rule.
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "saliency": ["saliency_combined"],
+    "ablation": ["judge_score", "kl"],
+    "patching": ["P_last"],
+}
+# The study's percentile rule; for patching also the window of steepest rise (spec section 4, ours).
+DEFAULT_RULES: dict[str, str] = {"saliency": "percentile", "ablation": "percentile", "patching": "percentile+rise"}
+DEFAULT_UMAP_METRICS: dict[str, str] = {
+    "age": "r2",
+    "symptoms": "silhouette:system",
+    "disease": "silhouette:category",
+    "progression": "silhouette:disease",
+    "drugs": "silhouette:mechanism",
+    "dosage": "silhouette:drug",
+}
+# Table 1 of the study: concept -> (domain, method, metric).
+DEFAULT_CONCEPTS: dict[str, tuple[str, str, str]] = {
+    "age R²": ("age", "umap", "r2"),
+    "symptoms silhouette": ("symptoms", "umap", "silhouette:system"),
+    "disease silhouette": ("disease", "umap", "silhouette:category"),
+    "drugs silhouette (mechanism)": ("drugs", "umap", "silhouette:mechanism"),
+    "drugs silhouette (specialty)": ("drugs", "umap", "silhouette:specialty"),
+    "dosage patching efficiency": ("dosage", "patching", "P_last"),
+}
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """config['map']: smoothing and interval rules, consensus, and which metric stands for each method."""
+
+    sigma: float = 1.0
+    window: int = 3
+    percentile: float = 75.0
+    min_length: int = 2
+    max_segments: int = 3
+    consensus_methods: int = 2
+    metrics: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_METRICS))
+    rules: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    umap_metrics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_UMAP_METRICS))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> MapSettings:
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"map: unknown setting(s) {unknown}; known: {sorted(known)}")
+        # Partial metric maps override the defaults key by key.
+        values["metrics"] = {**DEFAULT_METRICS, **values.get("metrics", {})}
+        values["umap_metrics"] = {**DEFAULT_UMAP_METRICS, **values.get("umap_metrics", {})}
+        values["rules"] = {**DEFAULT_RULES, **values.get("rules", {})}
+        return cls(**values)
+
+    def rule_params(self) -> RuleParams:
+        return RuleParams(self.sigma, self.window, self.percentile, self.min_length, self.max_segments)
+
+    def candidates(self, method: str, domain: str) -> tuple[list[str], str]:
+        """(metric candidates, interval rule) of a method's curve on a domain."""
+        if method == "umap":
+            metric = self.umap_metrics[domain]
+            return [metric], "best_ci" if metric.startswith("r2") else "rise"
+        return list(self.metrics[method]), self.rules[method]
+
+
 def choose_metric(available: Sequence[str], candidates: Sequence[str]) -> str | None:
     """First candidate present (exact name, or a name starting with ``candidate:`` for labelled variants)."""
     for candidate in candidates:
         if candidate in available:
             return candidate
     return None
+
+
+def finite_metrics(metrics: pd.DataFrame) -> list[str]:
+    """Metrics of a table with at least one finite value (a skipped judge's all-NaN score does not count)."""
+    finite = metrics[np.isfinite(metrics["value"].to_numpy(dtype=float))]
+    return list(dict.fromkeys(finite["metric"]))
+
+
+def map_curve(
+    metrics: pd.DataFrame, replicates: pd.DataFrame | None, method: str, domain: str, settings: MapSettings
+) -> MapCurve | None:
+    """The curve a method contributes to a domain's map row (decoder layers only), or None when none of its
+    candidate metrics has a finite value."""
+    candidates, rule = settings.candidates(method, domain)
+    layers = metrics[metrics["layer"] >= 0]
+    metric = choose_metric(finite_metrics(layers), candidates)
+    if metric is None:
+        return None
+    reps = None if replicates is None or replicates.empty else replicates[replicates["layer"] >= 0]
+    return curve_from_tables(layers, reps, metric, rule)
 
 
 def curve_from_tables(metrics: pd.DataFrame, replicates: pd.DataFrame | None, metric: str, rule: str) -> MapCurve:
@@ -146,3 +255,33 @@ def summary_table(best_of: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             best = finite.loc[finite["value"].idxmax()]
             rows.append((model, concept, best["value"], best["ci_low"], best["ci_high"], int(best["layer"])))
     return pd.DataFrame(rows, columns=["model", "concept", "value", "ci_low", "ci_high", "layer"])
+
+
+def concept_curves(
+    tables: Mapping[tuple[str, str], pd.DataFrame], concepts: Mapping[str, tuple[str, str, str]] = DEFAULT_CONCEPTS
+) -> dict[str, pd.DataFrame]:
+    """Rows of each concept's metric (decoder layers) from metric tables keyed by (domain, method); every
+    model's rows of that table are kept together. Concepts whose table is not there are left out."""
+    out = {}
+    for concept, (domain, method, metric) in concepts.items():
+        table = tables.get((domain, method))
+        if table is not None:
+            out[concept] = table[(table["metric"] == metric) & (table["layer"] >= 0)]
+    return out
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Table 1 in Markdown: a row per concept, a column per model, 'value [ci_low, ci_high] (Lk)' cells."""
+    models = list(dict.fromkeys(table["model"]))
+    lines = ["| concept | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for concept, part in table.groupby("concept", sort=False):
+        cells = []
+        for model in models:
+            row = part[part["model"] == model]
+            if row.empty or not np.isfinite(row["value"].iloc[0]):
+                cells.append("n/a")
+                continue
+            r = row.iloc[0]
+            cells.append(f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] (L{int(r['layer'])})")
+        lines.append(f"| {concept} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ from kmap.geometry import (
     grouped_cv_r2,
     local_anisotropy,
     pairwise,
-    silhouette_from_distances,
+    silhouette_values,
     stage_trajectory,
 )
 from kmap.stats import bootstrap_indices, mean_with_ci, percentile_ci, replicate
@@ -103,13 +103,15 @@ def _silhouettes(
                 f"fewer than 2 labels with >= {MIN_PER_LABEL} prompts",
             )
             continue
-        weights = keep.astype(float)
-        value = silhouette_from_distances(matrix, values, weights)
-
-        def statistic(sample: np.ndarray, matrix: np.ndarray = matrix) -> float:
-            return silhouette_from_distances(matrix, values, np.bincount(sample, minlength=len(values)) * keep)
-
-        rows.metric(layer, metric, value, replicate(statistic, indices), int(keep.sum()))
+        # CI: resample the prompts' silhouettes, each computed once against all prompts. Recomputing the
+        # silhouette on each resample is biased downwards when labels are small (b(i) is a minimum over noisy
+        # label means): on the demo's 60 drug mechanisms of 3-12 prompts, -0.22 on all prompts but -0.42 on
+        # average over resamples, so its percentile interval excluded the estimate.
+        per_point, weights = silhouette_values(matrix, values, keep.astype(float))
+        value = float(np.sum(weights * per_point) / np.sum(weights))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (per_point * weights)[indices].sum(axis=1) / weights[indices].sum(axis=1)
+        rows.metric(layer, metric, value, reps, int(keep.sum()))
 
 
 def _age_metrics(

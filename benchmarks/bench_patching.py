@@ -1,0 +1,114 @@
+"""Activation-patching sweep time: kmap's exact sweep vs a naive per-layer loop vs nnsight's batched trace.
+
+    python benchmarks/bench_patching.py --model results/models/demo --domain disease --repeats 3
+
+All sides compute the same numbers: LD of every patched copy (each usable pair × {last, concept} positions)
+at every layer, from one shared clean/corrupted run per pair batch (not timed; every side needs it).
+
+- "kmap sweep": ``kmap.patching.sweep`` (layers below the patched one skipped, positions before the first
+  patched one taken from the corrupted KV cache, copies batched).
+- "naive loop": the same copies, one full corrupted forward per layer with a hook overwriting that layer
+  (``sweep(..., naive=True)``), batched the same way.
+- "nnsight trace": with nnsight installed (``pip install nnsight``; not a kmap dependency), one
+  ``LanguageModel.trace`` per (layer, batch) setting the layer's output at the masked positions.
+
+Every side's LDs are checked against kmap's (max |difference| printed). Medians of interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from kmap.models import LoadedModel, ModelSpec, load_model  # noqa: E402
+from kmap.patching import PairRuns, answer_ld, prepare_pairs, run_pairs, sweep  # noqa: E402
+from kmap.patching_report import patch_jobs  # noqa: E402
+from kmap.prompts import load_pairs  # noqa: E402
+
+
+def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The reference sweep through nnsight: one trace per (layer, batch of copies)."""
+    layers = sorted(runs.clean_resid)
+    out = torch.empty((len(layers), len(rows)))
+    for chunk in torch.split(torch.arange(len(rows)), batch_size):
+        r, m = rows[chunk], masks[chunk]
+        inputs = {"input_ids": runs.corrupted_ids[r], "attention_mask": runs.attention_mask[r]}
+        for index, layer in enumerate(layers):
+            clean = runs.clean_resid[layer][r]
+            with torch.inference_mode(), lm.trace(inputs, use_cache=False):
+                if layer < 0:  # the embedding output: layer 0's input
+                    hidden = lm.model.embed_tokens.output
+                    lm.model.embed_tokens.output = torch.where(m.unsqueeze(-1), clean, hidden)
+                else:
+                    hidden = lm.model.layers[layer].output
+                    lm.model.layers[layer].output = torch.where(m.unsqueeze(-1), clean, hidden)
+                logits = lm.output.logits.save()
+            out[index, chunk] = answer_ld(logits, runs.answer_pos[r], runs.answer[r], runs.foil[r]).cpu()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="results/models/demo")
+    parser.add_argument("--prompts", default="prompts")
+    parser.add_argument("--domain", default="disease")
+    parser.add_argument("--pairs-n", type=int, default=32, help="pairs (one clean/corrupted batch)")
+    parser.add_argument("--batch-size", type=int, default=32, help="patched copies per forward")
+    parser.add_argument(
+        "--multi-token", default="all", help="patching.multi_token_answers (tiny BPE models split words)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded: LoadedModel = load_model(ModelSpec(name="bench", kind="hf", source=args.model, dtype="float32"))
+    frame = load_pairs(args.domain, Path(args.prompts)).frame
+    prepared, excluded = prepare_pairs(loaded.tokenizer, frame, args.multi_token)
+    prepared = prepared[: args.pairs_n]
+    runs = run_pairs(loaded, prepared)
+    used = list(range(len(prepared)))
+    rows, masks, _ = patch_jobs(runs, used, [])
+    sides: dict[str, Callable[[], torch.Tensor]] = {
+        "kmap sweep": lambda: sweep(runs, loaded, rows, masks, args.batch_size).cpu(),
+        "naive loop": lambda: sweep(runs, loaded, rows, masks, args.batch_size, naive=True).cpu(),
+    }
+    try:
+        from nnsight import LanguageModel
+
+        lm = LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
+        sides["nnsight trace"] = lambda: nnsight_sweep(lm, runs, rows, masks, args.batch_size)
+    except ImportError:
+        print("nnsight not installed: skipping its side (pip install nnsight)")
+    reference = sides["kmap sweep"]()  # warm-up, and the values every side must reproduce
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    errors: dict[str, float] = {}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every side alike
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            values = fn()
+            times[name].append(time.perf_counter() - start)
+            errors[name] = float((values - reference).abs().max())
+    print(
+        f"model={args.model} layers={loaded.n_layers} domain={args.domain} pairs={len(prepared)} "
+        f"(excluded {len(excluded)}) copies={len(rows)} layer_points={len(rows) * (loaded.n_layers + 1)} "
+        f"batch={args.batch_size} threads={args.threads}"
+    )
+    kmap = statistics.median(times["kmap sweep"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(
+            f"{name:14s}: median {median:7.3f} s over {args.repeats}; kmap/this = {kmap / median:5.2f}x; "
+            f"max |LD - kmap| = {errors[name]:.2e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
