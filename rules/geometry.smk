@@ -5,6 +5,8 @@ rule umap:
     input:
         tensor=f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
         table=f"{RESULTS}/activations/{{model}}/{{domain}}.prompts.parquet",
+        # Read for the labels, and to check the cache was built from this very file.
+        prompts=prompt_file,
     output:
         metrics=f"{RESULTS}/umap/{{model}}/{{domain}}.metrics.parquet",
         replicates=f"{RESULTS}/umap/{{model}}/{{domain}}.replicates.parquet",

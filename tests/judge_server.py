@@ -1,14 +1,15 @@
 """A local OpenAI-compatible chat-completions server for the judge tests: real HTTP on 127.0.0.1.
 
-It answers ``POST .../chat/completions`` with a deterministic score (``default_answer``), fails with a given
-HTTP status on command (``fail_next``), returns given answers on command (``answer_next``, for malformed
-ones), and with ``expected_key`` rejects any other key with a 401 whose message quotes the key it got (as
-real providers partly do). It records every request body and Authorization header. It is bounded: it stops
-itself after ``lifetime_s`` seconds or ``max_requests`` requests, whichever comes first.
+It answers ``POST .../chat/completions`` with a deterministic score (``default_answer``); on command it fails
+with given HTTP statuses (``fail_next``), answers late (``delay_next``, for timeouts) or returns given answers
+(``answer_next``, for malformed ones). With ``expected_key`` it rejects any other key with a 401 whose message
+quotes the key it got (as real providers partly do). It records every request body and Authorization header.
+It is bounded: it stops itself after ``lifetime_s`` seconds or ``max_requests`` requests, whichever first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -42,6 +43,8 @@ class JudgeServer:
         self.statuses: list[int] = []
         self._faults: deque[int] = deque()
         self._answers: deque[str] = deque()
+        self._delays: deque[float] = deque()
+        self.arrivals = 0  # requests received, answered or not (a timed-out one is answered late)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -69,6 +72,16 @@ class JudgeServer:
         """The next successful requests get these answers instead of the default score."""
         with self._lock:
             self._answers.extend(texts)
+
+    def delay_next(self, *seconds: float) -> None:
+        """The next requests are answered only after these delays (to trigger client timeouts)."""
+        with self._lock:
+            self._delays.extend(seconds)
+
+    def _delay(self) -> float:
+        with self._lock:
+            self.arrivals += 1
+            return self._delays.popleft() if self._delays else 0.0
 
     def __enter__(self) -> JudgeServer:
         self._thread.start()
@@ -131,6 +144,7 @@ class JudgeServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}}, {})
                     return
+                time.sleep(server._delay())
                 status, payload, headers = server._respond(json.loads(raw), self.headers.get("Authorization", ""))
                 with server._lock:
                     server.statuses.append(status)
@@ -144,7 +158,9 @@ class JudgeServer:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                # A client that timed out has hung up: exactly what a timeout test provokes.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the access log
                 pass

@@ -87,6 +87,24 @@ def test_cache_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.parquet", "a.safetensors"]
 
 
+def test_stale_cache_is_refused_by_its_reader(tmp_path: Path) -> None:
+    from kmap.activations import StaleCacheError, check_cache
+    from kmap.io import file_sha256
+
+    prompts = tmp_path / "disease.csv"
+    prompts.write_text("id,text\np0,a\n")
+    paths = [tmp_path / "a.safetensors", tmp_path / "a.parquet", tmp_path / "a.json"]
+    write_cache(torch.randn(2, 5, 4), _table(5), {"prompt_sha256": file_sha256(prompts)}, *paths)
+    cache = read_cache(paths[0], paths[1])
+    check_cache(cache, paths[0], prompts)  # built from this file: accepted
+    prompts.write_text("id,text\np0,b\n")
+    with pytest.raises(StaleCacheError, match=r"a\.safetensors: built from a prompt file .*disease\.csv now has"):
+        check_cache(cache, paths[0], prompts)
+    write_cache(torch.randn(2, 5, 4), _table(5), {}, *paths)
+    with pytest.raises(StaleCacheError, match="no provenance.*snakemake --forcerun activations"):
+        check_cache(read_cache(paths[0], paths[1]), paths[0], prompts)
+
+
 def test_bfloat16_storage_halves_size(tmp_path: Path) -> None:
     acts = torch.randn(3, 64, 32)
     write_cache(acts, _table(64), {}, tmp_path / "f.st", tmp_path / "f.pq", tmp_path / "f.json", "float32")

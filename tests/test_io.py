@@ -42,3 +42,16 @@ def test_hashes_are_stable_and_sensitive() -> None:
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
     assert code_version("io", "hooks") == code_version("hooks", "io")
     assert code_version("io") != code_version("hooks")
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path: Path) -> None:
+    final = tmp_path / "out[1].parquet"
+    leftover = tmp_path / ".out[1].parquet.abc123.partial"
+    leftover.mkdir()
+    (leftover / "out[1].parquet").write_text("half")
+    other = tmp_path / ".other.parquet.abc123.partial"
+    other.mkdir()
+    with atomic_output(final) as tmp:
+        tmp.write_text("whole")
+    assert final.read_text() == "whole"
+    assert not leftover.exists() and other.exists()  # only this output's leftovers

@@ -205,6 +205,40 @@ def test_exhausted_retries_end_missing_uncached_and_rerun_recovers(tmp_path: Pat
         assert again.table.iloc[0]["status"] == "ok" and server.n_requests == 4
 
 
+def test_timeouts_are_retried_then_scored(tmp_path: Path) -> None:
+    responses = _responses().query("prompt_id == 'p0' and layer <= 0")
+    with JudgeServer() as server:
+        server.delay_next(2.0, 2.0)  # two answers arrive after the client gave up
+        settings = _settings(server, timeout_s=0.5, max_retries=3, concurrency=1)
+        run = run_judge(responses, settings, tmp_path / "c.jsonl", "m", "d", environ={KEY_ENV: KEY})
+        row = run.table.iloc[0]
+        assert row["status"] == "ok" and row["score"] == _expected_scores(settings, responses)[0]
+        assert server.arrivals == 3  # the slow ones reached the server too: these were real timeouts
+
+
+def test_unreachable_endpoint_ends_failed_with_reason(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = JudgeSettings(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key_env=KEY_ENV,
+        max_retries=2,
+        backoff_s=0.001,
+        backoff_max_s=0.01,
+        timeout_s=2.0,
+        concurrency=1,
+    )
+    responses = _responses().query("prompt_id == 'p0'")
+    run = run_judge(responses, settings, tmp_path / "c.jsonl", "m", "d", environ={KEY_ENV: KEY})
+    scored = run.table[run.table["status"] != "identical"]
+    assert (scored["status"] == "failed").all() and scored["score"].isna().all()
+    assert set(scored["reason"]) == {"APIConnectionError"}
+    assert len(JudgeCache(tmp_path / "c.jsonl")) == 0  # nothing cached: a rerun will try again
+
+
 def test_malformed_answers_end_missing_and_stay_cached(tmp_path: Path) -> None:
     responses = _responses().query("prompt_id == 'p0' and layer <= 0")
     cache = tmp_path / "c.jsonl"

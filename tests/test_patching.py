@@ -260,3 +260,37 @@ def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
     # Concept positions lose their effect with depth as the answer position takes the information over.
     assert concept.iloc[0] == pytest.approx(1.0, abs=1e-5) and concept.iloc[-1] == pytest.approx(0.0, abs=1e-5)
     assert concept.iloc[1:half].mean() >= concept.iloc[half:].mean()
+
+
+def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
+    tiny_dirs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import kmap.patching_report as report
+    from kmap.models import ModelSpec, load_model
+    from kmap.patching_report import NON_FINITE
+
+    model = load_model(ModelSpec(name="t", kind="tiny", source=str(tiny_dirs["llama"]), dtype="float32"))
+    # An overflowed logit (as fp16 produces): v1's foil "migraine" scores inf, so v1's LDs are -inf.
+    foil = model.tokenizer(" migraine", add_special_tokens=False)["input_ids"]
+    assert len(foil) == 1
+    with torch.no_grad():
+        model.model.lm_head.weight[foil[0]] = float("inf")
+    real_sweep = report.sweep
+
+    def overflowing_sweep(runs, *args, **kwargs):  # and v2's patched run overflows at layer 1 only
+        lds = real_sweep(runs, *args, **kwargs)
+        rows = args[1]
+        v2 = [p.id for p in runs.pairs].index("v2")
+        lds[2, (rows == v2).nonzero()[0, 0]] = float("nan")  # index 2: layer 1 (row 0 is the embeddings)
+        return lds
+
+    monkeypatch.setattr(report, "sweep", overflowing_sweep)
+    with caplog.at_level("WARNING"):
+        run = run_patching(model, PAIRS, PatchingSettings(min_gap=0.0, heatmap_pairs=0))
+    status = run.pairs.drop_duplicates("id").set_index("id")["status"]
+    assert status["v1"] == NON_FINITE and status["v2"] == NON_FINITE
+    assert status["d1"] == USED and status["d2"] == USED
+    assert "pair v2: non-finite patched LD at layers [1]" in caplog.text
+    metrics, _ = summarise(run.pairs, "t", "d", model.n_layers, n_boot=20)
+    assert np.isfinite(metrics["value"]).all() and (metrics["n"] == 2).all()
+    assert "2 non_finite" in metrics["note"].iloc[0]

@@ -177,3 +177,13 @@ def test_summary_means_and_shared_bootstrap() -> None:
     expected = np.array([1.0, 2.0, 3.0, 6.0])[indices].mean(axis=1)
     got = replicates[(replicates["metric"] == "saliency_mlp") & (replicates["layer"] == 0)].sort_values("replicate")
     np.testing.assert_allclose(got["value"], 2 * expected)
+
+
+def test_overflow_is_reported_with_prompt_and_layers_never_averaged(tiny: LoadedModel) -> None:
+    model = copy.deepcopy(tiny)
+    with torch.no_grad():  # what float16 overflow produces: an infinite activation inside layer 1
+        next(model.parts.mlp(1).parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"prompt 'dose': non-finite .* layers \[.*\].*bfloat16 or float32"):
+        run_saliency(model, PROMPTS.head(2), SaliencySettings())
+    # The failed run left no gradient state behind.
+    assert not any(p.requires_grad for p in model.model.parameters())

@@ -100,11 +100,11 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     # The GPU rule asked for the model's planned GPU; CPU-only jobs asked for none.
     gpu_jobs = [p.stem for p in job_logs if "activations" in str(p) and "local-llama" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
-    gpu_jobs = [p.stem for p in job_logs if "patching" in str(p)]
+    gpu_jobs = [p.stem for p in job_logs if "/rule_patching/" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
     cpu_rules = ("tiny_model", "umap", "intervals", "knowledge_map", "cross_model")
     for rule in cpu_rules:
-        cpu_jobs = [p.stem for p in job_logs if f"rule_{rule}" in str(p)]
+        cpu_jobs = [p.stem for p in job_logs if f"/rule_{rule}/" in str(p)]
         assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), (rule, listed)
 
     # Same results as the local run.

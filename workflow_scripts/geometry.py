@@ -1,6 +1,6 @@
 """Snakemake entry: representation geometry (UMAP, silhouette, age manifold, progression, collapse)."""
 
-from kmap.activations import read_cache
+from kmap.activations import check_cache, read_cache
 from kmap.embedding import UmapParams
 from kmap.plotting import curve_figure, panel_layers, umap_panels
 from kmap.prompts import load_prompt_set
@@ -14,6 +14,7 @@ def main() -> None:
     model, domain = sm.wildcards.model, sm.wildcards.domain
     params = UmapParams.from_dict(sm.params.umap)
     cache = read_cache(sm.input.tensor, sm.input.table)
+    check_cache(cache, sm.input.tensor, sm.input.prompts)
     group_labels = load_prompt_set(domain, sm.params.prompts_dir).group_labels
 
     from kmap.umap_metrics import run_geometry  # imports umap (slow) only once inputs are valid

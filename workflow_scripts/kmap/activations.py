@@ -167,5 +167,26 @@ def read_cache(tensor_path: str | Path, table_path: str | Path) -> ActivationCac
     return ActivationCache(acts=acts, layers=layers, table=table, provenance=provenance)
 
 
+class StaleCacheError(RuntimeError):
+    """A cache built from other inputs than the ones its reader is given."""
+
+
+def check_cache(cache: ActivationCache, tensor_path: str | Path, prompts_path: str | Path) -> None:
+    """Refuse a cache whose provenance does not match the prompt file it is read with (copied or touched
+    into place, or built by another kmap version before provenance was recorded)."""
+    from kmap.io import file_sha256
+
+    recorded = cache.provenance.get("prompt_sha256")
+    current = file_sha256(prompts_path)
+    fix = f"rebuild it: snakemake --forcerun activations {tensor_path}"
+    if recorded is None:
+        raise StaleCacheError(f"{tensor_path}: no provenance (prompt_sha256 missing); {fix}")
+    if recorded != current:
+        raise StaleCacheError(
+            f"{tensor_path}: built from a prompt file with sha256 {recorded[:12]}…, but {prompts_path} now has "
+            f"{current[:12]}…; {fix}"
+        )
+
+
 def settings_dict(settings: ActivationSettings) -> dict[str, Any]:
     return asdict(settings)

@@ -15,6 +15,7 @@ lengths or unusable answers (``patching.prepare_pair``) or when |LD_clean − LD
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,11 @@ from kmap.patching import (
 )
 from kmap.stats import bootstrap_indices, percentile_ci
 
+log = logging.getLogger(__name__)
+
 USED = "used"
 SMALL_GAP = "small_gap"
+NON_FINITE = "non_finite"  # an LD overflowed (fp16): the pair is excluded, counted and logged with its layers
 
 Progress = Callable[[int, int], None]
 
@@ -85,6 +89,16 @@ def patch_jobs(runs: PairRuns, used: list[int], heat: list[int]) -> tuple[Tensor
     return torch.tensor(rows, device=device), torch.stack(masks), labels
 
 
+def non_finite_layers(lds: np.ndarray, labels: list[tuple]) -> dict[int, list[int]]:
+    """Batch rows with a non-finite patched LD in any of their copies, and at which layers (-1: embeddings)."""
+    found: dict[int, set[int]] = {}
+    for j, (_, row, _) in enumerate(labels):
+        bad = np.flatnonzero(~np.isfinite(lds[:, j]))
+        if bad.size:
+            found.setdefault(row, set()).update(int(i) + EMBEDDINGS for i in bad)
+    return {row: sorted(layers) for row, layers in found.items()}
+
+
 def pair_record(pair: PreparedPair, runs: PairRuns, row: int, tokenizer: Any) -> dict[str, Any]:
     return dict(
         id=pair.id,
@@ -101,14 +115,15 @@ def pair_record(pair: PreparedPair, runs: PairRuns, row: int, tokenizer: Any) ->
 def batch_records(
     batch: list[PreparedPair],
     runs: PairRuns,
-    used: list[int],
+    excluded: dict[int, str],
     labels: list[tuple],
     lds: np.ndarray,
     tokenizer: Any,
 ) -> tuple[list[dict], list[dict]]:
-    """Pair and heatmap rows of a batch from its sweep (``lds`` [n_layers + 1, J]; row 0: layer -1)."""
+    """Pair and heatmap rows of a batch from its sweep (``lds`` [n_layers + 1, J]; row 0: layer -1);
+    ``excluded`` gives the status of each batch row that is not used."""
     base = [pair_record(pair, runs, row, tokenizer) for row, pair in enumerate(batch)]
-    pairs = [dict(base[row], status=SMALL_GAP) for row in range(len(batch)) if row not in set(used)]
+    pairs = [dict(base[row], status=status) for row, status in sorted(excluded.items())]
     heat = []
     for j, (kind, row, position) in enumerate(labels):
         for index, ld in enumerate(lds[:, j]):
@@ -134,12 +149,21 @@ def run_patching(
     for start in range(0, len(prepared), settings.batch_size):
         batch = prepared[start : start + settings.batch_size]
         runs = run_pairs(loaded, batch)
+        finite = (torch.isfinite(runs.ld_clean) & torch.isfinite(runs.ld_corrupted)).tolist()
         gap = (runs.ld_clean - runs.ld_corrupted).abs()
-        used = torch.nonzero(gap >= settings.min_gap).flatten().tolist()
+        used = [row for row in torch.nonzero(gap >= settings.min_gap).flatten().tolist() if finite[row]]
         heat = [row for row in used if batch[row].id in heat_ids]
         rows, masks, labels = patch_jobs(runs, used, heat)
         lds = sweep(runs, loaded, rows, masks, settings.batch_size, settings.reuse_positions).cpu().numpy()
-        new_pairs, new_heat = batch_records(batch, runs, used, labels, lds, loaded.tokenizer)
+        overflow = non_finite_layers(lds, labels)
+        for row, layers in overflow.items():
+            log.warning("patching: pair %s: non-finite patched LD at layers %s; excluded", batch[row].id, layers)
+        reasons = {row: NON_FINITE for row in range(len(batch)) if not finite[row] or row in overflow}
+        reasons |= {row: SMALL_GAP for row in range(len(batch)) if row not in used and row not in reasons}
+        keep = [j for j, label in enumerate(labels) if label[1] not in reasons]
+        new_pairs, new_heat = batch_records(
+            batch, runs, reasons, [labels[j] for j in keep], lds[:, keep], loaded.tokenizer
+        )
         pair_rows += new_pairs
         heat_rows += new_heat
         if progress is not None:

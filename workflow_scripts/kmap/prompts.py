@@ -7,7 +7,6 @@ start, so a malformed file stops even a dry run.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from kmap.io import file_sha256
 from kmap.knowledge import Knowledge, load_knowledge, split_words
 
 
@@ -39,10 +39,6 @@ class PairSet:
     path: Path
     frame: pd.DataFrame
     sha256: str
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:

@@ -205,9 +205,16 @@ def run_saliency(
     measured = measured_parameters(loaded)
     sums, counts, losses = [], [], []
     with gradient_sums(loaded, measured):
-        for done, (text, target) in enumerate(zip(rows["text"], rows["target"], strict=True), start=1):
+        pairs = zip(rows["id"].astype(str), rows["text"], rows["target"], strict=True)
+        for done, (prompt_id, text, target) in enumerate(pairs, start=1):
             prompt = loaded.tokenizer(text)["input_ids"]
             s, c, loss = prompt_saliency(loaded, measured, prompt, continuation(loaded.tokenizer, text, target))
+            if not (np.isfinite(loss) and np.isfinite(s).all()):
+                bad = sorted({int(layer) for layer in np.nonzero(~np.isfinite(s))[0]})
+                raise FloatingPointError(
+                    f"saliency: prompt {prompt_id!r}: non-finite loss ({loss}) or gradients at layers {bad}; "
+                    "never averaged in. The usual cause is float16 overflow: load the model in bfloat16 or float32"
+                )
             sums.append(s)
             counts.append(c)
             losses.append(loss)

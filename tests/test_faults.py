@@ -1,0 +1,166 @@
+"""Fault injection on the real workflow: jobs killed mid-write (SIGTERM and SIGKILL) in the GPU stage
+(activations) and the CPU stage (umap), and stale inputs; each followed by the rerun a user would type.
+
+Jobs are held just before renaming one chosen output into place (``KMAP_FAULT_PAUSE_S`` with
+``KMAP_FAULT_PAUSE_MATCH``, see ``kmap.io.atomic_output``), so the kill lands mid-write deterministically:
+the outputs written before it are final, the chosen one exists only as a hidden ``.partial`` temporary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kmap.activations import read_cache
+from tests.workflow import copy_workflow, job_counts, snakemake, write_config
+
+CONFIG = {
+    "models": {"tiny-llama": {"kind": "tiny", "architecture": "llama", "dtype": "float32", "methods": ["umap"]}},
+    "domains": ["disease", "dosage"],
+    "tiny": {"n_layers": 2, "hidden_size": 32},
+    "bootstrap": {"n": 20},
+    "umap": {"n_epochs": 30},
+}
+ACTIVATIONS = "results/activations/tiny-llama/disease"
+UMAP = "results/umap/tiny-llama/disease"
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    work = copy_workflow(tmp_path / "wf")
+    write_config(work, CONFIG)
+    return work
+
+
+def _held_run(work: Path, target: str, match: str) -> subprocess.Popen:
+    """Snakemake building ``target`` in its own process group, held before renaming the output ``match``."""
+    env = dict(os.environ, KMAP_FAULT_PAUSE_S="600", KMAP_FAULT_PAUSE_MATCH=match)
+    command = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "config/test.yaml"]
+    log = open(work / "held.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=log, start_new_session=True)
+
+
+def _wait_for_partial(work: Path, output: str, timeout: float = 300) -> Path:
+    final = work / output
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(final.parent.glob(f".{final.name}.*.partial"))
+        if found and any(p.iterdir() for p in found):
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no temporary of {output} appeared:\n{(work / 'held.log').read_text()[-3000:]}")
+
+
+def _kill(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def _visible(directory: Path) -> list[str]:
+    """What a reader globbing the directory sees (temporaries are hidden dot-files)."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+def _plan(work: Path, *extra: str) -> dict[str, int]:
+    result = snakemake(work, "-n", "--configfile", "config/test.yaml", *extra)
+    return job_counts(result.stdout)
+
+
+def _after_kill(work: Path, sig: signal.Signals) -> tuple[str, ...]:
+    """What a user types after the kill. SIGTERM: nothing (Snakemake cleaned up). SIGKILL: Snakemake refuses
+    to go on, naming the lock and then the incomplete outputs, and how to proceed."""
+    if sig == signal.SIGTERM:
+        return ()
+    refused = snakemake(work, "-n", "--configfile", "config/test.yaml", check=False)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "incomplete" in text.lower() and "--rerun-incomplete" in text
+    locked = snakemake(work, "--configfile", "config/test.yaml", "--rerun-incomplete", check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    snakemake(work, "--unlock", "--configfile", "config/test.yaml")
+    return ("--rerun-incomplete",)
+
+
+def _target_plan(work: Path, target: str, *extra: str) -> dict[str, int]:
+    return job_counts(snakemake(work, "-n", target, "--configfile", "config/test.yaml", *extra).stdout)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_gpu_stage_killed_mid_write_reruns_exactly_that_job(work: Path, sig: signal.Signals) -> None:
+    snakemake(work, "results/models/tiny-llama", "--configfile", "config/test.yaml")
+    # The tensor is renamed first; hold the job before its prompt table is, then kill it.
+    proc = _held_run(work, f"{ACTIVATIONS}.safetensors", "disease.prompts.parquet")
+    _wait_for_partial(work, f"{ACTIVATIONS}.prompts.parquet")
+    _kill(proc, sig)
+    folder = work / ACTIVATIONS.rsplit("/", 1)[0]
+    # No reader sees a half-written file: the table's final name was never created.
+    assert "disease.prompts.parquet" not in _visible(folder)
+    if (work / f"{ACTIVATIONS}.safetensors").exists():
+        assert sig == signal.SIGKILL  # SIGTERM lets Snakemake remove a failed job's outputs
+    extra = _after_kill(work, sig)
+    # The whole workflow's plan holds this job (and dosage's, never built); the target's plan only this job.
+    assert _plan(work, *extra)["activations"] == 2
+    assert _target_plan(work, f"{ACTIVATIONS}.safetensors", *extra) == {"activations": 1}
+    snakemake(work, f"{ACTIVATIONS}.safetensors", "--configfile", "config/test.yaml", *extra)
+    cache = read_cache(f"{work / ACTIVATIONS}.safetensors", f"{work / ACTIVATIONS}.prompts.parquet")
+    assert cache.acts.shape[0] == 3 and cache.provenance["domain"] == "disease"
+    assert not list(folder.glob(".*.partial"))  # the rerun removed the killed attempt's temporary
+    assert _target_plan(work, f"{ACTIVATIONS}.safetensors") == {}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_cpu_stage_killed_mid_write_reruns_exactly_that_job(work: Path, sig: signal.Signals) -> None:
+    snakemake(work, f"{ACTIVATIONS}.safetensors", "--configfile", "config/test.yaml")
+    before = (work / f"{ACTIVATIONS}.safetensors").stat().st_mtime_ns
+    # metrics and replicates are renamed before coords: hold the coords, then kill.
+    proc = _held_run(work, f"{UMAP}.panels.png", "disease.coords.parquet")
+    _wait_for_partial(work, f"{UMAP}.coords.parquet")
+    _kill(proc, sig)
+    assert "disease.coords.parquet" not in _visible(work / UMAP.rsplit("/", 1)[0])
+    extra = _after_kill(work, sig)
+    plan = _plan(work, *extra)
+    assert plan["umap"] == 2 and plan["activations"] == 1  # disease's cache is kept; dosage's was never built
+    assert _target_plan(work, f"{UMAP}.panels.png", *extra) == {"umap": 1}
+    snakemake(work, f"{UMAP}.panels.png", "--configfile", "config/test.yaml", *extra)
+    assert (work / f"{ACTIVATIONS}.safetensors").stat().st_mtime_ns == before
+    assert (work / f"{UMAP}.coords.parquet").stat().st_size > 0
+    assert _target_plan(work, f"{UMAP}.panels.png") == {}
+
+
+def test_stale_inputs_rerun_dependents_and_say_why(work: Path) -> None:
+    snakemake(work, "--configfile", "config/test.yaml")
+    assert _plan(work) == {}
+    # A code change in the activation module reruns the caches and everything downstream, with the reason.
+    module = work / "workflow_scripts" / "kmap" / "activations.py"
+    source = module.read_text()
+    module.write_text(source + "\n# a change\n")
+    result = snakemake(work, "-n", "--configfile", "config/test.yaml")
+    assert job_counts(result.stdout)["activations"] == 2 and "Params have changed" in result.stdout
+    module.write_text(source)
+    assert _plan(work) == {}
+    # A model setting (the tiny model's seed) rebuilds the model, then every cache and metric of it.
+    write_config(work, {**CONFIG, "tiny": {**CONFIG["tiny"], "seed": 1}}, "seed.yaml")
+    result = snakemake(work, "-n", "--configfile", "config/seed.yaml")
+    counts = job_counts(result.stdout)
+    assert counts["tiny_model"] == 1 and counts["activations"] == 2 and counts["umap"] == 2
+    # A cache put in place by hand from another prompt set is refused by its reader, with the fix.
+    cache = work / f"{ACTIVATIONS}.safetensors"
+    dosage = work / "results/activations/tiny-llama/dosage.safetensors"
+    cache.write_bytes(dosage.read_bytes())
+    (work / f"{ACTIVATIONS}.prompts.parquet").write_bytes(
+        (work / "results/activations/tiny-llama/dosage.prompts.parquet").read_bytes()
+    )
+    failed = snakemake(
+        work, f"{UMAP}.panels.png", "--configfile", "config/test.yaml", "--forcerun", "umap", check=False
+    )
+    log = (work / "results/logs/umap/tiny-llama/disease.log").read_text()
+    assert failed.returncode != 0 and "StaleCacheError" in log and "snakemake --forcerun activations" in log
