@@ -5,6 +5,7 @@ Needs Debian's slurm-wlm and munge and root (`.ci/run` installs them); skipped w
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,7 +82,9 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     cluster = copy_workflow(tmp_path / "cluster")
     write_config(cluster, _config(model_dir))
     profile = _slurm_profile(cluster)
-    result = snakemake(cluster, "--profile", str(profile), "--configfile", "config/test.yaml", timeout=1500)
+    result = snakemake(
+        cluster, "--profile", str(profile), "--configfile", "config/test.yaml", timeout=1500, env=dict(os.environ)
+    )
     output = result.stdout + result.stderr
 
     local = copy_workflow(tmp_path / "local")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -31,9 +33,33 @@ def write_config(dest: Path, config: dict, name: str = "test.yaml") -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+def local_env(**extra: str) -> dict[str, str]:
+    """The environment of a local (non-SLURM) Snakemake run, with a failing ``scontrol`` first on PATH.
+
+    Where SLURM's client is installed but no controller runs (CI installs it for test_slurm.py), the SLURM
+    executor plugin's start-up asks ``scontrol show config`` and waits 9 s for the absent controller, on every
+    Snakemake call; the stub answers at once, as on a machine without SLURM."""
+    stub = Path(tempfile.gettempdir()) / "kmap-tests-no-slurm"
+    script = stub / "scontrol"
+    if not script.exists():
+        stub.mkdir(exist_ok=True)
+        script.write_text("#!/bin/sh\nexit 1\n")
+        script.chmod(0o755)
+    return {**os.environ, "PATH": f"{stub}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    timeout: int = 1200,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2 *args`` in ``workdir``; locally (``local_env``) unless ``env`` is given."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env or local_env()
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
