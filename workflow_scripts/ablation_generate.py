@@ -2,10 +2,10 @@
 
 from kmap.ablation import AblationSettings, run_ablation, summarise
 from kmap.io import atomic_output, file_sha256, provenance, write_json_atomic
-from kmap.models import ModelSpec, describe_devices, load_model, require_devices
+from kmap.models import ModelSpec, describe_devices
 from kmap.plotting import curve_figure
 from kmap.prompts import load_prompt_set
-from kmap.runner import progress_logger, setup
+from kmap.runner import load_for_job, progress_logger, setup
 from kmap.tables import REPLICATE_COLUMNS, write_table
 
 sm = snakemake
@@ -15,9 +15,7 @@ spec = ModelSpec(**sm.params.model)
 # On a retry (e.g. after CUDA out-of-memory) the batch_size resource is halved; values do not depend on it.
 settings = AblationSettings(**{**sm.params.settings, "batch_size": sm.resources.batch_size})
 frame = load_prompt_set(domain, sm.params.prompts_dir).frame
-log.info("devices: %s", describe_devices())
-require_devices(int(sm.resources.gpu))
-loaded = load_model(spec, max_memory=sm.params.max_memory or None)
+loaded = load_for_job(sm, log, spec)
 run = run_ablation(
     loaded,
     frame["id"].tolist(),

@@ -2,9 +2,9 @@
 
 from kmap.activations import ActivationSettings, extract, settings_dict, write_cache
 from kmap.io import file_sha256, provenance
-from kmap.models import ModelSpec, describe_devices, load_model, require_devices
+from kmap.models import ModelSpec, describe_devices
 from kmap.prompts import load_prompt_set
-from kmap.runner import progress_logger, setup
+from kmap.runner import load_for_job, progress_logger, setup
 
 sm = snakemake  # type: ignore[name-defined]  # noqa: F821 - injected by Snakemake
 log = setup(sm.log[0], sm.threads)
@@ -12,9 +12,7 @@ spec = ModelSpec(**sm.params.model)
 # On a retry (e.g. after CUDA out-of-memory) the batch_size resource is halved; values do not depend on it.
 settings = ActivationSettings(**{**sm.params.settings, "batch_size": sm.resources.batch_size})
 prompts = load_prompt_set(sm.wildcards.domain, sm.params.prompts_dir)
-log.info("devices: %s", describe_devices())
-require_devices(int(sm.resources.gpu))
-loaded = load_model(spec, max_memory=sm.params.max_memory or None)
+loaded = load_for_job(sm, log, spec)
 frame = prompts.frame
 acts, n_tokens = extract(
     loaded,

@@ -1,12 +1,11 @@
 """Snakemake entry: activation patching for one (model, domain)."""
 
 from kmap.io import atomic_output
-from kmap.models import ModelSpec, describe_devices, load_model, require_devices
 from kmap.patching import PatchingSettings
 from kmap.patching_report import exclusion_note, heatmap_figure, run_patching, summarise
 from kmap.plotting import curve_figure
 from kmap.prompts import load_pairs
-from kmap.runner import progress_logger, setup
+from kmap.runner import load_for_job, progress_logger, setup
 from kmap.tables import REPLICATE_COLUMNS, write_table
 
 CAPTION = (
@@ -24,9 +23,7 @@ def main() -> None:
     # On a retry (e.g. after CUDA out-of-memory) batch_size is halved; the values do not depend on it.
     settings = PatchingSettings(**{**sm.params.settings, "batch_size": sm.resources.batch_size})
     pairs = load_pairs(domain, sm.params.prompts_dir)
-    log.info("devices: %s", describe_devices())
-    require_devices(int(sm.resources.gpu))
-    loaded = load_model(ModelSpec(**sm.params.model), max_memory=sm.params.max_memory or None)
+    loaded = load_for_job(sm, log)
     run = run_patching(loaded, pairs.frame, settings, progress_logger(log, f"patching {model}/{domain} pairs"))
     note = exclusion_note(run.pairs)
     log.info("%s/%s: %s", model, domain, note or "every pair used")

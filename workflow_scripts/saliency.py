@@ -3,10 +3,10 @@
 import dataclasses
 import time
 
-from kmap.models import ModelSpec, describe_devices, load_model, require_devices
+from kmap.models import ModelSpec
 from kmap.plotting import curve_figure
 from kmap.prompts import load_prompt_set
-from kmap.runner import progress_logger, setup
+from kmap.runner import load_for_job, progress_logger, setup
 from kmap.saliency import SaliencySettings, describe, run_saliency, summarise
 from kmap.tables import REPLICATE_COLUMNS, write_table
 
@@ -23,12 +23,10 @@ def main() -> None:
     model, domain = sm.wildcards.model, sm.wildcards.domain
     settings = SaliencySettings(**sm.params.settings)
     frame = load_prompt_set(domain, sm.params.prompts_dir).frame
-    log.info("devices: %s", describe_devices())
-    require_devices(int(sm.resources.gpu))
     # Weight gradients need real weights: quantized checkpoints are loaded dequantized (the GPU plan's
     # gradient stage budgets for that).
     spec = dataclasses.replace(ModelSpec(**sm.params.model), quantization="none")
-    loaded = load_model(spec, max_memory=sm.params.max_memory or None)
+    loaded = load_for_job(sm, log, spec)
     log.info("measured parameters of layer 0: %s", describe(loaded))
     started = time.perf_counter()
     run = run_saliency(loaded, frame, settings, progress_logger(log, f"saliency {model}/{domain} prompts"))

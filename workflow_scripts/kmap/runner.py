@@ -38,3 +38,15 @@ def progress_logger(log: logging.Logger, label: str, every: int = 10) -> Any:
             state["next"] = done + max(1, total // every)
 
     return report
+
+
+def load_for_job(job: Any, log: logging.Logger, spec: Any = None) -> Any:
+    """The model of a GPU job: log the devices it got, fail fast with fewer GPUs than planned, load with the
+    plan's ``max_memory`` split and log the load time. ``spec`` defaults to the job's ``params.model``."""
+    from kmap.models import ModelSpec, describe_devices, load_model, require_devices
+
+    log.info("devices: %s", describe_devices())
+    require_devices(int(job.resources.gpu))
+    loaded = load_model(spec or ModelSpec(**job.params.model), max_memory=job.params.max_memory or None)
+    log.info("model %s loaded in %.1f s", loaded.spec.name, loaded.load_seconds)
+    return loaded
