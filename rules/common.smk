@@ -16,6 +16,7 @@ sys.path.insert(0, str(SCRIPTS))
 from kmap.config import check_config, model_methods, model_specs
 from kmap.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
 from kmap.io import code_version
+from kmap.knowledge_map import DEFAULT_CONCEPTS
 from kmap.prompts import validate_all
 
 # Friendly, complete problem list first; then Snakemake's own validation fills schema defaults.
@@ -145,3 +146,42 @@ def all_targets():
     summary = [f"{RESULTS}/summary/table1.csv"] if MAP_MODELS else []
     methods = umap + saliency + ablation + patching
     return demo + activation_targets() + methods + maps + summary
+
+
+# --- knowledge maps ---
+
+
+def map_tables(kind):
+    """A method's metric (or replicate) tables: ablation has a judge-free and a judge table."""
+
+    def get(wildcards):
+        base = f"{RESULTS}/{wildcards.method}/{wildcards.model}/{wildcards.domain}"
+        names = {"metrics": "metrics", "replicates": "replicates"}
+        extra = (
+            [f"{base}.judge_{kind}.parquet"] if wildcards.method == "ablation" else []
+        )
+        return [f"{base}.{names[kind]}.parquet", *extra]
+
+    return get
+
+
+def model_cells(kind):
+    def get(wildcards):
+        return expand(
+            f"{RESULTS}/maps/{wildcards.model}/{{domain}}.{{method}}.{kind}.parquet",
+            domain=DOMAINS,
+            method=METHODS[wildcards.model],
+        )
+
+    return get
+
+
+def concept_tables():
+    """The metric tables Table 1 reads: each concept's (domain, method) for every model that ran it."""
+    wanted = {(d, m) for d, m, _ in DEFAULT_CONCEPTS.values() if d in DOMAINS}
+    return sorted(
+        f"{RESULTS}/{method}/{model}/{domain}.metrics.parquet"
+        for model in MAP_MODELS
+        for domain, method in wanted
+        if method in METHODS[model]
+    )

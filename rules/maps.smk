@@ -1,44 +1,5 @@
 # Knowledge maps (CPU only): per (model, domain, method) the map curve's intervals and their bootstrap
 # stability; per model the Domain × Layer map; across models the relative-depth map and Table 1.
-from kmap.knowledge_map import DEFAULT_CONCEPTS
-
-
-def map_tables(kind):
-    """A method's metric (or replicate) tables: ablation has a judge-free and a judge table."""
-
-    def get(wildcards):
-        base = f"{RESULTS}/{wildcards.method}/{wildcards.model}/{wildcards.domain}"
-        names = {"metrics": "metrics", "replicates": "replicates"}
-        extra = (
-            [f"{base}.judge_{kind}.parquet"] if wildcards.method == "ablation" else []
-        )
-        return [f"{base}.{names[kind]}.parquet", *extra]
-
-    return get
-
-
-def model_cells(kind):
-    def get(wildcards):
-        return expand(
-            f"{RESULTS}/maps/{wildcards.model}/{{domain}}.{{method}}.{kind}.parquet",
-            domain=DOMAINS,
-            method=METHODS[wildcards.model],
-        )
-
-    return get
-
-
-def concept_tables():
-    """The metric tables Table 1 reads: each concept's (domain, method) for every model that ran it."""
-    wanted = {(d, m) for d, m, _ in DEFAULT_CONCEPTS.values() if d in DOMAINS}
-    return sorted(
-        f"{RESULTS}/{method}/{model}/{domain}.metrics.parquet"
-        for model in MAP_MODELS
-        for domain, method in wanted
-        if method in METHODS[model]
-    )
-
-
 rule intervals:
     input:
         metrics=map_tables("metrics"),

@@ -1,20 +1,5 @@
 # Method 4, activation patching: clean and corrupted runs once per pair, then an exact layer sweep that
 # reuses them (forward stage of the model's GPU plan).
-from dataclasses import asdict
-
-from kmap.patching import PatchingSettings
-
-
-def patching_settings():
-    """Defaults overlaid with the config's patching block; batch_size is a resource, not a param."""
-    settings = {**asdict(PatchingSettings()), **config.get("patching", {})}
-    return {key: value for key, value in settings.items() if key != "batch_size"}
-
-
-def patching_batch_size(wildcards, attempt):
-    # Halved on each retry (an OOM-killed job reruns with attempt + 1); values do not depend on it.
-    size = config.get("patching", {}).get("batch_size", PatchingSettings.batch_size)
-    return max(1, size // 2 ** (attempt - 1))
 
 
 rule patching:
@@ -57,12 +42,13 @@ rule patching:
         gpu=planned("forward", "gpus"),
         mem_mb=planned("forward", "mem_mb"),
         runtime=planned("forward", "runtime_min"),
-        batch_size=patching_batch_size,
+        batch_size=batch_size("patching"),
     params:
         model=spec_dict,
-        settings=patching_settings(),
+        # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
+        settings={k: v for k, v in config["patching"].items() if k != "batch_size"},
         bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
-        prompts_dir=PROMPTS,
+        prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
         max_memory=max_memory("forward"),
         code=code_version(
             "patching",

@@ -1,8 +1,5 @@
 # Method 2, weight-gradient saliency: one forward and backward per prompt (gradient stage of the model's GPU
 # plan: dequantized weights, headroom for backward activations).
-from dataclasses import asdict
-
-from kmap.saliency import SaliencySettings
 
 
 rule saliency:
@@ -33,7 +30,7 @@ rule saliency:
         runtime=planned("gradient", "runtime_min"),
     params:
         model=spec_dict,
-        settings={**asdict(SaliencySettings()), **config.get("saliency", {})},
+        settings=config["saliency"],
         bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
         prompts_dir=PROMPTS,
         max_memory=max_memory("gradient"),
