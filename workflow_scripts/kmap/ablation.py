@@ -37,6 +37,7 @@ from torch import Tensor
 
 from kmap.hooks import identity
 from kmap.models import LoadedModel
+from kmap.settings import known_keys
 from kmap.stats import bootstrap_indices, mean_with_ci, percentile_ci
 
 INTACT = -1
@@ -70,11 +71,7 @@ class AblationSettings:
 
 def settings_from_config(section: dict[str, Any] | None) -> AblationSettings:
     """``config['ablation']`` on the code's defaults (unknown keys rejected by name)."""
-    known = set(AblationSettings.__dataclass_fields__)
-    unknown = sorted(set(section or {}) - known)
-    if unknown:
-        raise ValueError(f"ablation: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return AblationSettings(**(section or {}))
+    return AblationSettings(**known_keys(AblationSettings, section, "ablation"))
 
 
 def value_params(settings: AblationSettings) -> dict[str, Any]:

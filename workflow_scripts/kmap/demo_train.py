@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -22,6 +22,7 @@ from kmap.demo_corpus import DEMO_WORDS, diagnosis_eval_cases, generate_corpus
 from kmap.demo_tokenizer import build_tokenizer
 from kmap.io import atomic_output, write_json_atomic
 from kmap.knowledge import Knowledge, vocabulary
+from kmap.settings import known_keys
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -59,11 +60,7 @@ class DemoParams:
 
     @classmethod
     def from_dict(cls, overrides: dict[str, Any] | None) -> DemoParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides or {}) - known)
-        if unknown:
-            raise ValueError(f"demo: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**(overrides or {}))
+        return cls(**known_keys(cls, overrides, "demo", "parameter"))
 
 
 class PackedBatch(NamedTuple):

@@ -7,10 +7,12 @@ the neighbour graph is computed once per layer and shared by the 30-d and 2-d fi
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from kmap.settings import known_keys
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,7 @@ class UmapParams:
 
     @classmethod
     def from_dict(cls, overrides: dict[str, Any] | None) -> UmapParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides or {}) - known)
-        if unknown:
-            raise ValueError(f"umap: unknown parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**(overrides or {}))
+        return cls(**known_keys(cls, overrides, "umap", "parameter"))
 
 
 def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2)) -> dict[int, np.ndarray]:

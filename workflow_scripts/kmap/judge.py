@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from kmap.ablation import INTACT
+from kmap.settings import known_keys
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ class JudgeSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> JudgeSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"judge: unknown setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**known_keys(cls, values, "judge"))
 
     def score_settings(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in SCORE_KEYS}

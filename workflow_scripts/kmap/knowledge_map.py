@@ -9,13 +9,14 @@ score can stand for ablation when a judge ran and the judge-free KL otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kmap.intervals import RuleParams, select, selected_mask, stability
+from kmap.settings import known_keys
 
 INTERVAL_COLUMNS = ("model", "domain", "method", "metric", "rule", "start", "end", "score", "n_layers")
 CELL_COLUMNS = (
@@ -111,11 +112,7 @@ class MapSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> MapSettings:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"map: unknown setting(s) {unknown}; known: {sorted(known)}")
+        values = known_keys(cls, values, "map")
         # Partial metric maps override the defaults key by key.
         values["metrics"] = {**DEFAULT_METRICS, **values.get("metrics", {})}
         values["umap_metrics"] = {**DEFAULT_UMAP_METRICS, **values.get("umap_metrics", {})}
