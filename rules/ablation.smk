@@ -45,12 +45,12 @@ rule ablation_generate:
             sum(1 for _ in open(prompt_file(w), encoding="utf-8")) - 1,
             ABLATION,
         ),
-        batch_size=_ablation.batch_size_resource(ABLATION),
+        batch_size=batch_size("ablation"),
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
         settings=_ablation.value_params(ABLATION),
-        bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
+        bootstrap=config["bootstrap"],
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
         code=code_version(
@@ -99,7 +99,7 @@ rule ablation_judge:
         # Only settings that change a score; transport ones (concurrency, timeouts, retries, key variable)
         # are read from the config by the script, so tuning them never reruns the judge.
         judge=JudgeSettings.from_dict(config.get("judge", {})).score_settings(),
-        bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
+        bootstrap=config["bootstrap"],
         # Outside any one run's outputs and never declared: a rerun reads it and pays only for new pairs.
         cache_dir=f"{RESULTS}/cache/judge",
         code=code_version("judge", "ablation", "stats", "tables", "plotting"),

@@ -47,7 +47,7 @@ rule patching:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
         settings={k: v for k, v in config["patching"].items() if k != "batch_size"},
-        bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
+        bootstrap=config["bootstrap"],
         prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
         max_memory=max_memory("forward"),
         code=code_version(

@@ -31,7 +31,7 @@ rule saliency:
     params:
         model=spec_dict,
         settings=config["saliency"],
-        bootstrap=config.get("bootstrap", {"n": 200, "seed": 0}),
+        bootstrap=config["bootstrap"],
         prompts_dir=PROMPTS,
         max_memory=max_memory("gradient"),
         code=code_version(

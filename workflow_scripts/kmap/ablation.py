@@ -79,11 +79,6 @@ def value_params(settings: AblationSettings) -> dict[str, Any]:
     return {"max_new_tokens": settings.max_new_tokens, "layers": settings.layers}
 
 
-def batch_size_resource(settings: AblationSettings) -> Callable[[Any, int], int]:
-    """A Snakemake resource: the batch size, halved on each retry (a CUDA out-of-memory retry)."""
-    return lambda wildcards, attempt: max(1, settings.batch_size // 2 ** (attempt - 1))
-
-
 def runtime_min(base_min: int, n_params: int, n_layers: int | None, n_prompts: int, settings: AblationSettings) -> int:
     """Wall-time budget: a model's forward budget plus greedy decoding, (L + 1) generations of
     max_new_tokens steps per batch at a rough 20 ms + 1 ms per billion parameters per step (profiles can

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kmap.intervals import RuleParams, select, selected_mask, stability
+from kmap.intervals import RuleParams, select, selected_mask, smooth, stability
 from kmap.settings import known_keys
 
 INTERVAL_COLUMNS = ("model", "domain", "method", "metric", "rule", "start", "end", "score", "n_layers")
@@ -185,8 +185,6 @@ def curve_from_tables(metrics: pd.DataFrame, replicates: pd.DataFrame | None, me
 
 def curve_intervals(curve: MapCurve, params: RuleParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(interval rows, per-layer cell rows) for one curve."""
-    from kmap.intervals import smooth
-
     intervals = select(curve.rule, curve.layers, curve.values, params, ci_low=curve.ci_low)
     n_layers = int(np.sum(curve.layers >= 0))
     interval_rows = pd.DataFrame(
