@@ -3,7 +3,7 @@
     python benchmarks/bench_ablation.py --model results/models/demo --domain disease --prompts-n 32
 
 "plain" is ``model.generate`` on the same left-padded batches without kmap; "kmap intact" and "kmap ablated"
-are ``kmap.ablation.generate`` without and with the middle layer identity-replaced; "full run" is
+are ``kmap.methods.ablation.generate.generate`` without and with the middle layer identity-replaced; "full run" is
 ``run_ablation`` over every layer (intact + L ablated generations, plus the teacher-forced scoring passes),
 reported as generated tokens per second of wall time. Medians of interleaved repeats.
 """
@@ -21,17 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from kmap.ablation import (  # noqa: E402
-    AblationSettings,
-    generate,
-    left_padding,
-    run_ablation,
-    stop_ids,
-    trim_at_stop,
-)
-from kmap.hooks import identity  # noqa: E402
-from kmap.models import LoadedModel, ModelSpec, load_model  # noqa: E402
-from kmap.prompts import load_prompt_set  # noqa: E402
+from kmap.core.hooks import identity  # noqa: E402
+from kmap.core.models import LoadedModel, load_model  # noqa: E402
+from kmap.core.spec import ModelSpec  # noqa: E402
+from kmap.data.prompts import load_prompt_set  # noqa: E402
+from kmap.methods.ablation.generate import generate, left_padding, run_ablation, stop_ids, trim_at_stop
+from kmap.methods.ablation.settings import AblationSettings
 
 
 def batches(ids: list[list[int]], size: int) -> list[list[list[int]]]:

@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from kmap.activations import ActivationSettings, extract  # noqa: E402
-from kmap.models import ModelSpec, encode, load_model  # noqa: E402
-from kmap.prompts import load_prompt_set  # noqa: E402
+from kmap.activations.cache import ActivationSettings, extract  # noqa: E402
+from kmap.core.models import encode, load_model  # noqa: E402
+from kmap.core.spec import ModelSpec  # noqa: E402
+from kmap.data.prompts import load_prompt_set  # noqa: E402
 
 
 def plain_forward(loaded, texts: list[str], batch_size: int) -> None:

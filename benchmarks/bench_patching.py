@@ -5,7 +5,7 @@
 All sides compute the same numbers: LD of every patched copy (each usable pair × {last, concept} positions)
 at every layer, from one shared clean/corrupted run per pair batch (not timed; every side needs it).
 
-- "kmap sweep": ``kmap.patching.sweep`` (layers below the patched one skipped, positions before the first
+- "kmap sweep": ``kmap.methods.patching.sweep.sweep`` (layers below the patched one skipped, positions before the first
   patched one taken from the corrupted KV cache, copies batched).
 - "naive loop": the same copies, one full corrupted forward per layer with a hook overwriting that layer
   (``sweep(..., naive=True)``), batched the same way.
@@ -28,10 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from kmap.models import LoadedModel, ModelSpec, load_model  # noqa: E402
-from kmap.patching import PairRuns, answer_ld, prepare_pairs, run_pairs, sweep  # noqa: E402
-from kmap.patching_report import patch_jobs  # noqa: E402
-from kmap.prompts import load_pairs  # noqa: E402
+from kmap.core.models import LoadedModel, load_model  # noqa: E402
+from kmap.core.spec import ModelSpec  # noqa: E402
+from kmap.data.prompts import load_pairs  # noqa: E402
+from kmap.methods.patching.run import patch_jobs  # noqa: E402
+from kmap.methods.patching.sweep import PairRuns, answer_ld, prepare_pairs, run_pairs, sweep  # noqa: E402
 
 
 def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int) -> torch.Tensor:

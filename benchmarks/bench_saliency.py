@@ -2,7 +2,8 @@
 
     python benchmarks/bench_saliency.py --model results/models/demo --domain disease --prompts-n 64
 
-"kmap" is ``kmap.saliency.run_saliency``: only the measured (attention and MLP) weights require gradients,
+"kmap" is ``kmap.methods.saliency.measure.run_saliency``:
+only the measured (attention and MLP) weights require gradients,
 and each gradient is reduced to its |grad| sum and freed as soon as it is accumulated. "plain" is the
 textbook computation: every parameter requires grad, ``loss.backward()``, then the per-layer |grad| means
 read from ``.grad`` (memory: a second copy of the model). Both give the same numbers (max relative
@@ -22,10 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from kmap.answer_tokens import continuation  # noqa: E402
-from kmap.models import LoadedModel, ModelSpec, load_model  # noqa: E402
-from kmap.prompts import load_prompt_set  # noqa: E402
-from kmap.saliency import SaliencySettings, run_saliency, target_loss  # noqa: E402
+from kmap.core.models import LoadedModel, load_model  # noqa: E402
+from kmap.core.spec import ModelSpec  # noqa: E402
+from kmap.core.tokens import continuation  # noqa: E402
+from kmap.data.prompts import load_prompt_set  # noqa: E402
+from kmap.methods.saliency.measure import run_saliency, target_loss  # noqa: E402
+from kmap.methods.saliency.settings import SaliencySettings  # noqa: E402
 
 
 def plain_saliency(loaded: LoadedModel, texts: list[str], targets: list[str]) -> np.ndarray:

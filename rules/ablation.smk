@@ -1,9 +1,10 @@
-# Method 3, layer ablation, in two rules so that no GPU waits on a network: generation and the judge-free
-# metrics on the GPU (ablation_generate), the LLM judge on a CPU (ablation_judge).
-from kmap import ablation as _ablation
-from kmap.judge import JudgeSettings
+# Method 3, layer ablation, in three rules so that no GPU waits on a network or on statistics: generation and
+# the judge-free per-pair values on the GPU (ablation_generate), the LLM judge on a CPU (ablation_judge), the
+# bootstrap summaries and figures on a CPU (ablation_summary).
+from kmap.methods.ablation.judge import JudgeSettings
+from kmap.methods.ablation.settings import runtime_min, settings_from_config, value_params
 
-ABLATION = _ablation.settings_from_config(config.get("ablation"))
+ABLATION = settings_from_config(config["ablation"])
 
 
 rule ablation_generate:
@@ -12,21 +13,6 @@ rule ablation_generate:
         model=local_model_dir,
     output:
         responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
-        metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.metrics.parquet",
-        replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.replicates.parquet",
-        curves_png=report(
-            f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.png",
-            caption="../report/curves.rst",
-            category="2. Methods: {model}",
-            subcategory="{domain}",
-            labels={
-                "model": "{model}",
-                "domain": "{domain}",
-                "figure": "ablation (judge-free)",
-            },
-        ),
-        curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.pdf",
-        provenance=f"{RESULTS}/ablation/{{model}}/{{domain}}.provenance.json",
     log:
         f"{RESULTS}/logs/ablation_generate/{{model}}/{{domain}}.log",
     benchmark:
@@ -38,7 +24,7 @@ rule ablation_generate:
         gpu=planned("forward", "gpus"),
         mem_mb=planned("forward", "mem_mb"),
         # The forward plan's budget plus decoding time; the prompt count is read from the prompt file.
-        runtime=lambda w: _ablation.runtime_min(
+        runtime=lambda w: runtime_min(
             PLANS[w.model, "forward"].runtime_min,
             PLANS[w.model, "forward"].n_params,
             SPECS[w.model].n_layers if PLANS[w.model, "forward"].gpus else None,
@@ -49,20 +35,10 @@ rule ablation_generate:
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
-        settings=_ablation.value_params(ABLATION),
-        bootstrap=config["bootstrap"],
+        settings=value_params(ABLATION),
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
-        code=code_version(
-            "ablation",
-            "models",
-            "hooks",
-            "architectures",
-            "prompts",
-            "stats",
-            "tables",
-            "plotting",
-        ),
+        code=code("ablation_generate"),
     script:
         "../workflow_scripts/ablation_generate.py"
 
@@ -74,21 +50,6 @@ rule ablation_judge:
         responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
     output:
         judge=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge.parquet",
-        metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_metrics.parquet",
-        replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_replicates.parquet",
-        curves_png=report(
-            f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.png",
-            caption="../report/curves.rst",
-            category="2. Methods: {model}",
-            subcategory="{domain}",
-            labels={
-                "model": "{model}",
-                "domain": "{domain}",
-                "figure": "ablation (judge)",
-            },
-        ),
-        curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.pdf",
-        provenance=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_provenance.json",
     log:
         f"{RESULTS}/logs/ablation_judge/{{model}}/{{domain}}.log",
     conda:
@@ -98,10 +59,38 @@ rule ablation_judge:
     params:
         # Only settings that change a score; transport ones (concurrency, timeouts, retries, key variable)
         # are read from the config by the script, so tuning them never reruns the judge.
-        judge=JudgeSettings.from_dict(config.get("judge", {})).score_settings(),
-        bootstrap=config["bootstrap"],
+        judge=JudgeSettings.from_dict(config["judge"]).score_settings(),
         # Outside any one run's outputs and never declared: a rerun reads it and pays only for new pairs.
         cache_dir=f"{RESULTS}/cache/judge",
-        code=code_version("judge", "ablation", "stats", "tables", "plotting"),
+        code=code("ablation_judge"),
     script:
         "../workflow_scripts/ablation_judge.py"
+
+
+rule ablation_summary:
+    input:
+        responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
+        judge=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge.parquet",
+    output:
+        metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.metrics.parquet",
+        replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.replicates.parquet",
+        curves_png=method_figure("ablation", "curves", "ablation (judge-free)"),
+        curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.curves.pdf",
+        judge_metrics=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_metrics.parquet",
+        judge_replicates=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_replicates.parquet",
+        judge_curves_png=method_figure("ablation", "judge_curves", "ablation (judge)"),
+        judge_curves_pdf=f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_curves.pdf",
+    log:
+        f"{RESULTS}/logs/ablation_summary/{{model}}/{{domain}}.log",
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bootstrap=config["bootstrap"],
+        figures=config["figures"],
+        code=code("ablation_summary"),
+    script:
+        "../workflow_scripts/ablation_summary.py"

@@ -24,9 +24,9 @@ rule activations:
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
-        settings={k: v for k, v in config["activations"].items() if k != "batch_size"},
+        settings=without_batch_size("activations"),
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
-        code=code_version("activations", "models", "hooks", "architectures", "prompts"),
+        code=code("activations"),
     script:
-        "../workflow_scripts/extract_activations.py"
+        "../workflow_scripts/activations.py"

@@ -13,11 +13,11 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 # Parse-time imports of kmap; jobs import it too, as Snakemake puts a script's own folder on sys.path.
 sys.path.insert(0, str(SCRIPTS))
 
-from kmap.config import check_config, model_methods, model_specs
-from kmap.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
-from kmap.io import code_version
-from kmap.knowledge_map import DEFAULT_CONCEPTS
-from kmap.prompts import validate_all
+from kmap.core.config import check_config, model_methods, model_specs
+from kmap.core.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
+from kmap.core.provenance import code_version
+from kmap.data.prompts import validate_all
+from kmap.maps.table1 import DEFAULT_CONCEPTS
 
 # Friendly, complete problem list first; then Snakemake's own validation fills schema defaults.
 config.update(
@@ -74,12 +74,13 @@ def make_plans():
     # Every plan is computed at start, so a model that cannot fit the configured GPUs fails the dry run.
     settings = GpuSettings(**config["gpu"])
     snapshots = Path(workflow.basedir) / "config" / "hf_configs"
+    counts = snapshots / "param_counts.json"
     plans = {}
     for name, spec in SPECS.items():
         arch = config_snapshot(spec, snapshots) if spec.kind == "hf" else None
         for stage in STAGES:
             plans[name, stage] = (
-                plan(spec, arch, stage, settings) if arch else cpu_plan(spec, stage)
+                plan(spec, arch, stage, settings, counts) if arch else cpu_plan(spec, stage)
             )
     return plans
 
@@ -110,6 +111,35 @@ def max_memory(stage):
         return PLANS[wildcards.model, stage].max_memory()
 
     return get
+
+
+def without_batch_size(section):
+    """A config section without batch_size: a resource that never changes values, so never a rerun trigger."""
+    return {k: v for k, v in config[section].items() if k != "batch_size"}
+
+
+def code(script):
+    """The rerun trigger of a rule: its entry script and every kmap module the script imports, transitively."""
+    return code_version(SCRIPTS / f"{script}.py")
+
+
+def method_figure(method, name, figure):
+    """A method's per-(model, domain) figure, in the report under its model and domain."""
+    caption = {"panels": "panels", "heatmap": "heatmap"}.get(name, "curves")
+    return report(
+        f"{RESULTS}/{method}/{{model}}/{{domain}}.{name}.png",
+        caption=f"../report/{caption}.rst",
+        category="2. Methods: {model}",
+        subcategory="{domain}",
+        labels={"model": "{model}", "domain": "{domain}", "figure": figure},
+    )
+
+
+def summary_figure(path, caption, category, labels):
+    """A map, table or summary figure in the report."""
+    return report(
+        path, caption=f"../report/{caption}.rst", category=category, labels=labels
+    )
 
 
 def prompt_file(wildcards):
@@ -156,11 +186,10 @@ def map_tables(kind):
 
     def get(wildcards):
         base = f"{RESULTS}/{wildcards.method}/{wildcards.model}/{wildcards.domain}"
-        names = {"metrics": "metrics", "replicates": "replicates"}
         extra = (
             [f"{base}.judge_{kind}.parquet"] if wildcards.method == "ablation" else []
         )
-        return [f"{base}.{names[kind]}.parquet", *extra]
+        return [f"{base}.{kind}.parquet", *extra]
 
     return get
 

@@ -1,5 +1,7 @@
 # Knowledge maps (CPU only): per (model, domain, method) the map curve's intervals and their bootstrap
 # stability; per model the Domain × Layer map; across models the relative-depth map and Table 1.
+
+
 rule intervals:
     input:
         metrics=map_tables("metrics"),
@@ -17,7 +19,7 @@ rule intervals:
         runtime=10,
     params:
         map=config["map"],
-        code=code_version("knowledge_map", "intervals", "tables"),
+        code=code("intervals"),
     script:
         "../workflow_scripts/intervals.py"
 
@@ -27,21 +29,22 @@ rule knowledge_map:
         cells=model_cells("cells"),
         intervals=model_cells("intervals"),
     output:
-        png=report(
+        png=summary_figure(
             f"{RESULTS}/maps/{{model}}/map.png",
-            caption="../report/map.rst",
-            category="1. Knowledge maps",
-            labels={"model": "{model}", "figure": "knowledge map"},
+            "map",
+            "1. Knowledge maps",
+            {"model": "{model}", "figure": "knowledge map"},
         ),
         pdf=f"{RESULTS}/maps/{{model}}/map.pdf",
         cells=f"{RESULTS}/maps/{{model}}/map_cells.parquet",
         consensus=f"{RESULTS}/maps/{{model}}/consensus.parquet",
-        intervals=report(
+        intervals=summary_figure(
             f"{RESULTS}/maps/{{model}}/intervals.csv",
-            caption="../report/intervals.rst",
-            category="1. Knowledge maps",
-            labels={"model": "{model}", "figure": "intervals table"},
+            "intervals",
+            "1. Knowledge maps",
+            {"model": "{model}", "figure": "intervals table"},
         ),
+        intervals_provenance=f"{RESULTS}/maps/{{model}}/intervals.csv.provenance.json",
     log:
         f"{RESULTS}/logs/knowledge_map/{{model}}.log",
     conda:
@@ -52,7 +55,8 @@ rule knowledge_map:
         runtime=10,
     params:
         map=config["map"],
-        code=code_version("knowledge_map", "map_figure", "plotting"),
+        figures=config["figures"],
+        code=code("knowledge_map"),
     script:
         "../workflow_scripts/knowledge_map.py"
 
@@ -65,27 +69,30 @@ rule cross_model:
         ),
         metrics=concept_tables(),
     output:
-        map_png=report(
+        map_png=summary_figure(
             f"{RESULTS}/summary/cross_model_map.png",
-            caption="../report/cross_model.rst",
-            category="0. Summary",
-            labels={"figure": "cross-model map"},
+            "cross_model",
+            "0. Summary",
+            {"figure": "cross-model map"},
         ),
         map_pdf=f"{RESULTS}/summary/cross_model_map.pdf",
-        table_csv=report(
+        table_csv=summary_figure(
             f"{RESULTS}/summary/table1.csv",
-            caption="../report/table1.rst",
-            category="0. Summary",
-            labels={"figure": "Table 1"},
+            "table1",
+            "0. Summary",
+            {"figure": "Table 1"},
         ),
         table_md=f"{RESULTS}/summary/table1.md",
-        table_png=report(
+        table_png=summary_figure(
             f"{RESULTS}/summary/table1.png",
-            caption="../report/table1.rst",
-            category="0. Summary",
-            labels={"figure": "Table 1 (figure)"},
+            "table1",
+            "0. Summary",
+            {"figure": "Table 1 (figure)"},
         ),
         table_pdf=f"{RESULTS}/summary/table1.pdf",
+        sidecars=multiext(
+            f"{RESULTS}/summary/table1", ".csv.provenance.json", ".md.provenance.json"
+        ),
     log:
         f"{RESULTS}/logs/cross_model.log",
     conda:
@@ -95,6 +102,7 @@ rule cross_model:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_version("knowledge_map", "map_figure", "plotting", "tables"),
+        figures=config["figures"],
+        code=code("cross_model"),
     script:
         "../workflow_scripts/cross_model.py"

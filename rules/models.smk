@@ -7,6 +7,9 @@ rule demo_model:
     output:
         model=directory(f"{RESULTS}/models/{{demo_model}}"),
         curve=f"{RESULTS}/demo/{{demo_model}}/training_curve.csv",
+        curve_provenance=f"{RESULTS}/demo/{{demo_model}}/training_curve.csv.provenance.json",
+        curve_png=f"{RESULTS}/demo/{{demo_model}}/training_curve.png",
+        curve_pdf=f"{RESULTS}/demo/{{demo_model}}/training_curve.pdf",
         metrics=f"{RESULTS}/demo/{{demo_model}}/metrics.json",
     log:
         f"{RESULTS}/logs/demo_model/{{demo_model}}.log",
@@ -20,9 +23,9 @@ rule demo_model:
         runtime=30,
     params:
         demo=config["demo"],
-        code=code_version("demo_train", "demo_corpus", "demo_tokenizer", "knowledge"),
+        code=code("demo_model"),
     script:
-        "../workflow_scripts/build_demo_model.py"
+        "../workflow_scripts/demo_model.py"
 
 
 rule tiny_model:
@@ -41,6 +44,6 @@ rule tiny_model:
     params:
         architecture=lambda wc: SPECS[wc.tiny_model].architecture,
         shape=config["tiny"],
-        code=code_version("tiny", "knowledge"),
+        code=code("tiny_model"),
     script:
-        "../workflow_scripts/build_tiny_model.py"
+        "../workflow_scripts/tiny_model.py"

@@ -1,5 +1,5 @@
-# Method 4, activation patching: clean and corrupted runs once per pair, then an exact layer sweep that
-# reuses them (forward stage of the model's GPU plan).
+# Method 4, activation patching. The GPU job runs clean and corrupted prompts once per pair, then an exact
+# layer sweep that reuses them (forward stage of the model's GPU plan); a CPU job summarises the per-pair LDs.
 
 
 rule patching:
@@ -7,30 +7,8 @@ rule patching:
         pairs=f"{PROMPTS}/pairs/{{domain}}.csv",
         model=local_model_dir,
     output:
-        metrics=f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet",
-        replicates=f"{RESULTS}/patching/{{model}}/{{domain}}.replicates.parquet",
         pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
         heatmap=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.parquet",
-        curves_png=report(
-            f"{RESULTS}/patching/{{model}}/{{domain}}.curves.png",
-            caption="../report/curves.rst",
-            category="2. Methods: {model}",
-            subcategory="{domain}",
-            labels={"model": "{model}", "domain": "{domain}", "figure": "patching"},
-        ),
-        curves_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.pdf",
-        heatmap_png=report(
-            f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.png",
-            caption="../report/heatmap.rst",
-            category="2. Methods: {model}",
-            subcategory="{domain}",
-            labels={
-                "model": "{model}",
-                "domain": "{domain}",
-                "figure": "patching heatmap",
-            },
-        ),
-        heatmap_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.pdf",
     log:
         f"{RESULTS}/logs/patching/{{model}}/{{domain}}.log",
     benchmark:
@@ -46,21 +24,36 @@ rule patching:
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
-        settings={k: v for k, v in config["patching"].items() if k != "batch_size"},
-        bootstrap=config["bootstrap"],
-        prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
+        settings=without_batch_size("patching"),
+        prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
-        code=code_version(
-            "patching",
-            "patching_report",
-            "answer_tokens",
-            "models",
-            "hooks",
-            "architectures",
-            "prompts",
-            "stats",
-            "tables",
-            "plotting",
-        ),
+        code=code("patching"),
     script:
         "../workflow_scripts/patching.py"
+
+
+rule patching_summary:
+    input:
+        pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
+        heatmap=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.parquet",
+    output:
+        metrics=f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet",
+        replicates=f"{RESULTS}/patching/{{model}}/{{domain}}.replicates.parquet",
+        curves_png=method_figure("patching", "curves", "patching"),
+        curves_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.curves.pdf",
+        heatmap_png=method_figure("patching", "heatmap", "patching heatmap"),
+        heatmap_pdf=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.pdf",
+    log:
+        f"{RESULTS}/logs/patching_summary/{{model}}/{{domain}}.log",
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bootstrap=config["bootstrap"],
+        figures=config["figures"],
+        code=code("patching_summary"),
+    script:
+        "../workflow_scripts/patching_summary.py"

@@ -1,5 +1,5 @@
-# Method 2, weight-gradient saliency: one forward and backward per prompt (gradient stage of the model's GPU
-# plan: dequantized weights, headroom for backward activations).
+# Method 2, weight-gradient saliency. The GPU job measures per-prompt gradient sums (gradient stage of the
+# model's GPU plan: dequantized weights, headroom for backward activations); a CPU job summarises them.
 
 
 rule saliency:
@@ -7,16 +7,7 @@ rule saliency:
         prompts=prompt_file,
         model=local_model_dir,
     output:
-        metrics=f"{RESULTS}/saliency/{{model}}/{{domain}}.metrics.parquet",
-        replicates=f"{RESULTS}/saliency/{{model}}/{{domain}}.replicates.parquet",
-        curves_png=report(
-            f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.png",
-            caption="../report/curves.rst",
-            category="2. Methods: {model}",
-            subcategory="{domain}",
-            labels={"model": "{model}", "domain": "{domain}", "figure": "saliency"},
-        ),
-        curves_pdf=f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.pdf",
+        raw=f"{RESULTS}/saliency/{{model}}/{{domain}}.raw.parquet",
     log:
         f"{RESULTS}/logs/saliency/{{model}}/{{domain}}.log",
     benchmark:
@@ -31,18 +22,32 @@ rule saliency:
     params:
         model=spec_dict,
         settings=config["saliency"],
-        bootstrap=config["bootstrap"],
         prompts_dir=PROMPTS,
         max_memory=max_memory("gradient"),
-        code=code_version(
-            "saliency",
-            "answer_tokens",
-            "models",
-            "architectures",
-            "prompts",
-            "stats",
-            "tables",
-            "plotting",
-        ),
+        code=code("saliency"),
     script:
         "../workflow_scripts/saliency.py"
+
+
+rule saliency_summary:
+    input:
+        raw=f"{RESULTS}/saliency/{{model}}/{{domain}}.raw.parquet",
+    output:
+        metrics=f"{RESULTS}/saliency/{{model}}/{{domain}}.metrics.parquet",
+        replicates=f"{RESULTS}/saliency/{{model}}/{{domain}}.replicates.parquet",
+        curves_png=method_figure("saliency", "curves", "saliency"),
+        curves_pdf=f"{RESULTS}/saliency/{{model}}/{{domain}}.curves.pdf",
+    log:
+        f"{RESULTS}/logs/saliency_summary/{{model}}/{{domain}}.log",
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bootstrap=config["bootstrap"],
+        figures=config["figures"],
+        code=code("saliency_summary"),
+    script:
+        "../workflow_scripts/saliency_summary.py"

@@ -4,7 +4,13 @@ default demo model (trained, about 3 minutes on 2 cores) with a random-init twin
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# kmap is found as Snakemake jobs find it: its folder appended to the path, after installed packages (so an
+# entry script named after its rule, such as umap.py, never shadows the library of the same name).
+sys.path.append(str(REPO / "workflow_scripts"))
 
 # Tests never reach a model hub: fail fast instead of waiting on network timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,12 +18,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
-from kmap.demo_train import DemoParams, make_model, train_demo_model
-from kmap.knowledge import load_knowledge
-from kmap.models import LoadedModel, ModelSpec, load_model
-from kmap.tiny import ARCHITECTURES, build_tiny_model
-
-REPO = Path(__file__).resolve().parents[1]
+from kmap.core.models import LoadedModel, load_model
+from kmap.core.spec import ModelSpec
+from kmap.offline.demo_train import DemoParams, default_cache_dir, make_model, train_demo_model
+from kmap.offline.tiny import ARCHITECTURES, build_tiny_model
 
 WORDS = [
     "a",
@@ -81,9 +85,9 @@ def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> LoadedMo
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default demo model (config defaults), trained once per test session."""
     root = tmp_path_factory.mktemp("demo")
-    train_demo_model(
-        load_knowledge(REPO / "prompts" / "knowledge.yaml"), DemoParams(), root / "model", root / "results"
-    )
+    # Reused from the cache when the knowledge base, parameters, training code and libraries are unchanged.
+    knowledge = REPO / "prompts" / "knowledge.yaml"
+    train_demo_model(knowledge, DemoParams(), root / "model", root / "results", cache_dir=default_cache_dir())
     return root
 
 

@@ -3,11 +3,7 @@ judge-free metrics against independent computations, and the demo model's early-
 
 from __future__ import annotations
 
-import json
-import logging
-import runpy
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kmap.ablation import (
-    INTACT,
-    PAIR_METRICS,
-    AblationSettings,
+from kmap.core.hooks import identity
+from kmap.core.models import LoadedModel
+from kmap.core.provenance import read_provenance
+from kmap.core.spec import ModelSpec
+from kmap.core.stats import bootstrap_indices
+from kmap.core.tables import read_table
+from kmap.methods.ablation.generate import (
     Clock,
     ablate,
     divergence,
@@ -29,16 +28,14 @@ from kmap.ablation import (
     left_padding,
     run_ablation,
     stop_ids,
-    summarise,
     teacher_forced,
     token_overlap,
     tokenize_prompts,
     trim_at_stop,
 )
-from kmap.hooks import identity
-from kmap.models import LoadedModel, ModelSpec
-from kmap.stats import bootstrap_indices
-from kmap.tables import read_table
+from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
+from kmap.methods.ablation.summary import summarise
+from tests.workflow import run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -220,7 +217,7 @@ def test_summarise_leaves_out_missing_values_and_says_so() -> None:
 
 @pytest.mark.slow
 def test_demo_layer0_ablation_degrades_more_than_middle(demo: LoadedModel) -> None:
-    from kmap.prompts import load_prompt_set
+    from kmap.data.prompts import load_prompt_set
 
     frame = load_prompt_set("disease", REPO / "prompts").frame.iloc[::9].head(12)
     middle = demo.n_layers // 2
@@ -234,18 +231,6 @@ def test_demo_layer0_ablation_degrades_more_than_middle(demo: LoadedModel) -> No
     assert table.loc[("token_overlap", 0), "value"] < table.loc[("token_overlap", middle), "value"]
 
 
-def _run_script(script: str, namespace: SimpleNamespace) -> None:
-    """Run an entry script as Snakemake would (``snakemake`` injected), restoring stderr and logging after."""
-    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
-    try:
-        runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": namespace})
-    finally:
-        if sys.stderr is not stderr:
-            sys.stderr.close()
-        sys.stderr = stderr
-        logging.getLogger().handlers[:] = handlers
-
-
 def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     prompts = tmp_path / "prompts"
     shutil.copytree(REPO / "prompts", prompts)
@@ -253,14 +238,7 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
     full.head(5).to_csv(prompts / "disease.csv", index=False)
     spec = ModelSpec(name="tiny-llama", kind="tiny", source=str(tiny_dirs["llama"]), dtype="float32")
     out = tmp_path / "out"
-    names = {
-        "responses": ".parquet",
-        "metrics": ".parquet",
-        "replicates": ".parquet",
-        "curves_png": ".png",
-        "curves_pdf": ".pdf",
-        "provenance": ".json",
-    }
+    names = {"responses": ".parquet"}
     job = SimpleNamespace(
         input=SimpleNamespace(prompts=str(prompts / "disease.csv")),
         output=SimpleNamespace(**{n: str(out / f"{n}{s}") for n, s in names.items()}),
@@ -268,7 +246,6 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
         params=SimpleNamespace(
             model=asdict(spec),
             settings={"max_new_tokens": 3, "layers": None},
-            bootstrap={"n": 20, "seed": 0},
             prompts_dir=str(prompts),
             max_memory={},
             code="test",
@@ -277,20 +254,30 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
         threads=1,
         resources=SimpleNamespace(gpu=0, batch_size=2),
     )
-    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
-    try:
-        runpy.run_path(str(REPO / "workflow_scripts" / "ablation_generate.py"), init_globals={"snakemake": job})
-    finally:
-        if sys.stderr is not stderr:
-            sys.stderr.close()
-        sys.stderr = stderr
-        logging.getLogger().handlers[:] = handlers
+    run_entry("ablation_generate.py", job)
     responses = pd.read_parquet(job.output.responses)
     assert len(responses) == 5 * 4 and set(responses["layer"]) == {-1, 0, 1, 2}
     assert (responses["model"] == "tiny-llama").all()
-    metrics = read_table(job.output.metrics)
-    assert set(metrics["metric"]) == set(PAIR_METRICS) and (metrics["n"] == 5).all()
-    assert Path(job.output.curves_png).stat().st_size > 0
-    record = json.loads(Path(job.output.provenance).read_text())
+    record = read_provenance(job.output.responses)
     assert record["generated_tokens"] == int(responses["n_tokens"].sum())
-    assert record["settings"]["batch_size"] == 2 and record["greedy_mismatches"] == 0
+    assert record["settings"]["settings"]["max_new_tokens"] == 3 and record["greedy_mismatches"] == 0
+    assert record["model"]["resolved_revision"].startswith("sha256:") and len(record["prompt_sha256"]) == 64
+    summary = SimpleNamespace(
+        input=SimpleNamespace(responses=job.output.responses, judge=str(tmp_path / "judge.parquet")),
+        output=SimpleNamespace(
+            **{n: str(out / f"{n}.parquet") for n in ("metrics", "replicates", "judge_metrics", "judge_replicates")},
+            **{f"{f}_{s}": str(out / f"{f}.{s}") for f in ("curves", "judge_curves") for s in ("png", "pdf")},
+        ),
+        log=[str(tmp_path / "summary.log")],
+        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
+        wildcards=job.wildcards,
+        threads=1,
+        resources=SimpleNamespace(),
+    )
+    skipped = responses[responses["layer"] >= 0][["prompt_id", "layer"]].assign(score=np.nan, status="skipped")
+    skipped.to_parquet(summary.input.judge)
+    run_entry("ablation_summary.py", summary)
+    metrics = read_table(summary.output.metrics)
+    assert set(metrics["metric"]) == set(PAIR_METRICS) and (metrics["n"] == 5).all()
+    assert Path(summary.output.curves_png).stat().st_size > 0
+    assert read_provenance(summary.output.curves_pdf)["model"]["name"] == "tiny-llama"

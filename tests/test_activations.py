@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kmap.activations import (
+from kmap.activations.cache import (
     ActivationSettings,
     NonFiniteActivations,
     concept_mask,
@@ -18,7 +18,7 @@ from kmap.activations import (
     read_cache,
     write_cache,
 )
-from kmap.models import LoadedModel, encode
+from kmap.core.models import LoadedModel, encode
 
 TEXTS = [
     "a 45 year old male patient presents with chest pain",
@@ -88,8 +88,8 @@ def test_cache_round_trip(tmp_path: Path) -> None:
 
 
 def test_stale_cache_is_refused_by_its_reader(tmp_path: Path) -> None:
-    from kmap.activations import StaleCacheError, check_cache
-    from kmap.io import file_sha256
+    from kmap.activations.cache import StaleCacheError, check_cache
+    from kmap.core.io import file_sha256
 
     prompts = tmp_path / "disease.csv"
     prompts.write_text("id,text\np0,a\n")
@@ -139,7 +139,7 @@ def test_bad_settings_rejected() -> None:
 
 
 def test_job_fails_fast_without_planned_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kmap.models import ModelLoadError, require_devices
+    from kmap.core.models import ModelLoadError, require_devices
 
     monkeypatch.delenv("KMAP_ALLOW_CPU", raising=False)
     require_devices(0)

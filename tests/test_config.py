@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kmap.config import ConfigError, check_config, model_specs
+from kmap.core.config import ConfigError, check_config, model_specs
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"

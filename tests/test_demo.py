@@ -14,10 +14,14 @@ from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
-from kmap.activations import ActivationSettings, extract
-from kmap.demo_corpus import DEMO_WORDS, diagnosis_eval_cases, diagnosis_eval_set, generate_corpus
-from kmap.demo_tokenizer import SPECIALS, build_tokenizer
-from kmap.demo_train import (
+from kmap.activations.cache import ActivationSettings, extract
+from kmap.core.models import LoadedModel, load_model
+from kmap.core.spec import ModelSpec
+from kmap.data.knowledge import load_knowledge, vocabulary
+from kmap.data.prompts import load_prompt_set
+from kmap.offline.demo_corpus import DEMO_WORDS, diagnosis_eval_cases, diagnosis_eval_set, generate_corpus
+from kmap.offline.demo_tokenizer import SPECIALS, build_tokenizer
+from kmap.offline.demo_train import (
     DemoParams,
     demo_tokenizer,
     diagnosis_accuracy,
@@ -27,9 +31,6 @@ from kmap.demo_train import (
     pack_batch,
     train_demo_model,
 )
-from kmap.knowledge import load_knowledge, vocabulary
-from kmap.models import LoadedModel, ModelSpec, load_model
-from kmap.prompts import load_prompt_set
 
 REPO = Path(__file__).resolve().parents[1]
 KB = load_knowledge(REPO / "prompts" / "knowledge.yaml")
@@ -206,7 +207,7 @@ def test_last_positions_handle_either_padding_side() -> None:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("small_demo")
-    return root, train_demo_model(KB, SMALL, root / "model", root / "results")
+    return root, train_demo_model(REPO / "prompts" / "knowledge.yaml", SMALL, root / "model", root / "results")
 
 
 def test_small_training_learns_diagnosis(small_run: tuple[Path, dict]) -> None:
@@ -279,9 +280,9 @@ def test_age_is_linearly_decodable_in_trained_not_random_twin(demo: LoadedModel,
 
 
 def _geometry(loaded: LoadedModel, domain: str):
-    from kmap.activations import ActivationCache
-    from kmap.embedding import UmapParams
-    from kmap.umap_metrics import run_geometry
+    from kmap.activations.cache import ActivationCache
+    from kmap.methods.umap.embedding import UmapParams
+    from kmap.methods.umap.measure import run_geometry
 
     prompts = load_prompt_set(domain, REPO / "prompts")
     frame = prompts.frame if domain != "age" else prompts.frame[prompts.frame["template"] == 0]

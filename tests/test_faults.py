@@ -2,7 +2,7 @@
 (activations) and the CPU stage (umap), and stale inputs; each followed by the rerun a user would type.
 
 Jobs are held just before renaming one chosen output into place (``KMAP_FAULT_PAUSE_S`` with
-``KMAP_FAULT_PAUSE_MATCH``, see ``kmap.io.atomic_output``), so the kill lands mid-write deterministically:
+``KMAP_FAULT_PAUSE_MATCH``, see ``kmap.core.io.atomic_output``), so the kill lands mid-write deterministically:
 the outputs written before it are final, the chosen one exists only as a hidden ``.partial`` temporary.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kmap.activations import read_cache
+from kmap.activations.cache import read_cache
 from tests.workflow import copy_workflow, job_counts, local_env, snakemake, write_config
 
 CONFIG = {

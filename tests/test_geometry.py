@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 
-from kmap.geometry import (
+from kmap.core.stats import bootstrap_indices, percentile_ci, replicate
+from kmap.methods.umap.geometry import (
     age_discontinuity,
     collapse_flags,
     effective_rank,
@@ -17,7 +18,6 @@ from kmap.geometry import (
     silhouette_from_distances,
     stage_trajectory,
 )
-from kmap.stats import bootstrap_indices, percentile_ci, replicate
 
 RNG = np.random.default_rng(0)
 

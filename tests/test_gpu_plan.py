@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from kmap.config import check_config, model_specs
-from kmap.gpu_plan import GpuSettings, PlanError, config_snapshot, plan, weight_bytes
+from kmap.core.config import check_config, model_specs
+from kmap.core.gpu_plan import (
+    GpuSettings,
+    PlanError,
+    arch_key,
+    config_snapshot,
+    count_parameters,
+    meta_parameters,
+    plan,
+    weight_bytes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOTS = REPO / "config" / "hf_configs"
@@ -67,6 +79,47 @@ def test_missing_snapshot_names_file(tmp_path: Path, specs) -> None:
 
 
 def test_quantized_bytes() -> None:
-    params = {"model.embed_tokens.weight": 1000, "model.layers.0.mlp.up_proj.weight": 4096}
-    assert weight_bytes(params, "bfloat16", "none") == 2 * 5096
-    assert weight_bytes(params, "bfloat16", "4bit") == 2 * 1000 + 4096 * (0.5 + 4 / 64)
+    named = {"model.embed_tokens.weight": 1000, "model.layers.0.mlp.up_proj.weight": 4096}
+    counts = count_parameters(named.items())
+    assert weight_bytes(counts, "bfloat16", "none") == 2 * 5096
+    assert weight_bytes(counts, "bfloat16", "4bit") == 2 * 1000 + 4096 * (0.5 + 4 / 64)
+    experts = count_parameters(
+        [("model.layers.0.mlp.experts.gate_up_proj", 64), ("model.layers.0.mlp.router.weight", 8)]
+    )
+    assert weight_bytes(experts, "bfloat16", "mxfp4") == 64 * 4.25 / 8 + 8 * 2
+
+
+def test_shipped_counts_match_the_meta_device_models() -> None:
+    """The parse-time cache holds, for every shipped snapshot, exactly what the meta-device model counts."""
+    shipped = json.loads((SNAPSHOTS / "param_counts.json").read_text())
+    snapshots = sorted(SNAPSHOTS.glob("*--*.json"))
+    assert len(snapshots) == 11
+    for path in snapshots:
+        arch = json.loads(path.read_text())
+        cached = {k: v for k, v in shipped[arch_key(arch)].items() if k != "snapshot"}
+        assert cached == meta_parameters(arch), path.name
+
+
+def test_a_new_architecture_is_counted_once_and_cached(tmp_path: Path, specs) -> None:
+    spec = specs["qwen-32b"]
+    arch = {**config_snapshot(spec, SNAPSHOTS), "num_hidden_layers": 3}
+    cache = tmp_path / "counts.json"
+    first = plan(spec, arch, "forward", GpuSettings(), cache)
+    assert json.loads(cache.read_text())[arch_key(arch)]["total"] == first.n_params
+    # The cached counts are used from then on (an edited entry proves it).
+    edited = json.loads(cache.read_text())
+    edited[arch_key(arch)]["total"] += 1
+    cache.write_text(json.dumps(edited))
+    assert plan(spec, arch, "forward", GpuSettings(), cache).n_params == first.n_params + 1
+
+
+def test_parse_time_modules_import_no_torch() -> None:
+    """What the Snakefile imports at parse: no torch, no transformers (every SLURM job re-parses)."""
+    code = (
+        "import sys; sys.path.append('workflow_scripts');"
+        "import kmap.core.config, kmap.core.gpu_plan, kmap.core.provenance, kmap.data.prompts, kmap.maps.table1,"
+        "kmap.methods.ablation.settings, kmap.methods.ablation.judge;"
+        "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kmap.hooks import EMBEDDINGS, capture, gather_rows, identity, last_token_index, overwrite
-from kmap.models import LoadedModel, encode
+from kmap.core.hooks import capture, gather_rows, identity, last_token_index, overwrite
+from kmap.core.models import LoadedModel, encode
+from kmap.core.tables import EMBEDDINGS
 
 TEXTS = ["a 45 year old male patient presents with chest pain", "fever and cough most likely has"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmap.intervals import Interval, RuleParams, select, selected_mask, smooth, stability
+from kmap.maps.intervals import Interval, RuleParams, select, selected_mask, smooth, stability
 
 LAYERS = np.arange(20)
 NO_SMOOTH = RuleParams(sigma=0.0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmap.io import atomic_output, code_version, stable_hash, write_json_atomic
+from kmap.core.io import atomic_output, stable_hash, write_json_atomic
+from kmap.core.provenance import code_version
 
 
 def test_failure_leaves_nothing(tmp_path: Path) -> None:

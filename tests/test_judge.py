@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,8 @@ import openai
 import pandas as pd
 import pytest
 
-from kmap.judge import (
+from kmap.core.provenance import read_provenance
+from kmap.methods.ablation.judge import (
     JUDGE_COLUMNS,
     SCORE_KEYS,
     JudgeCache,
@@ -32,10 +31,11 @@ from kmap.judge import (
     parse_score,
     request_hash,
     run_judge,
-    summarise_verdicts,
     with_retries,
 )
+from kmap.methods.ablation.summary import summarise_verdicts
 from tests.judge_server import JudgeServer, default_answer
+from tests.workflow import run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "KMAP_TEST_JUDGE_KEY"
@@ -299,26 +299,14 @@ def test_summary_means_over_scored_prompts() -> None:
     assert (metrics["metric"] == "judge_score").all() and len(replicates) == 100
 
 
-def _run_script(script: str, namespace: SimpleNamespace) -> None:
-    """Run an entry script as Snakemake would (``snakemake`` injected), restoring stderr and logging after."""
-    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
-    try:
-        runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": namespace})
-    finally:
-        sys.stderr.flush()
-        if sys.stderr is not stderr:
-            sys.stderr.close()
-        sys.stderr = stderr
-        logging.getLogger().handlers[:] = handlers
-
-
 def _judge_job(tmp_path: Path, judge_config: dict) -> SimpleNamespace:
     responses = tmp_path / "in" / "r.parquet"
     responses.parent.mkdir(parents=True)
-    _responses().to_parquet(responses)
+    # The judge-free metrics too, as ablation_generate writes them (the summary reads both tables).
+    _responses().assign(kl=0.5, logprob_drop=0.1, token_overlap=0.5, identical=0.0).to_parquet(responses)
     out = tmp_path / "out"
-    names = ("judge", "metrics", "replicates", "provenance", "curves_png", "curves_pdf")
-    suffix = {"provenance": ".json", "curves_png": ".png", "curves_pdf": ".pdf"}
+    names = ("judge",)
+    suffix: dict[str, str] = {}
     settings = JudgeSettings.from_dict(judge_config)
     return SimpleNamespace(
         input=SimpleNamespace(responses=str(responses)),
@@ -347,7 +335,7 @@ def test_entry_script_never_writes_the_key(tmp_path: Path, monkeypatch: pytest.M
     with JudgeServer(expected_key="the-right-key") as server:
         config = {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 1, "backoff_s": 0.001}
         rejected = _judge_job(tmp_path / "rejected", config)
-        _run_script("ablation_judge.py", rejected)
+        run_entry("ablation_judge.py", rejected)
         assert server.n_requests == 1
     assert pd.read_parquet(rejected.output.judge)["status"].value_counts().to_dict() == {
         "failed": 5,
@@ -356,26 +344,50 @@ def test_entry_script_never_writes_the_key(tmp_path: Path, monkeypatch: pytest.M
     with JudgeServer() as server:
         config = {**config, "base_url": server.base_url}
         job = _judge_job(tmp_path / "accepted", config)
-        _run_script("ablation_judge.py", job)
+        run_entry("ablation_judge.py", job)
         assert server.authorizations and set(server.authorizations) == {f"Bearer {KEY}"}
     table = pd.read_parquet(job.output.judge)
     assert table["status"].value_counts().to_dict() == {"ok": 5, "identical": 1}
-    assert (pd.read_parquet(job.output.metrics)["metric"] == "judge_score").all()
+    summary = _summary_job(job)
+    run_entry("ablation_summary.py", summary)
+    assert (pd.read_parquet(summary.output.judge_metrics)["metric"] == "judge_score").all()
     written = list(tmp_path.rglob("*"))
     assert any(p.suffix == ".jsonl" for p in written) and any(p.suffix == ".log" for p in written)
     assert _files_containing(tmp_path, KEY) == []
     assert _files_containing(tmp_path, KEY[-12:]) == []  # nor a provider-style partial echo
-    provenance = json.loads(Path(job.output.provenance).read_text())
+    provenance = read_provenance(job.output.judge)
     assert provenance["judge"]["api_key_env"] == KEY_ENV and provenance["skipped"] is None
+    assert read_provenance(summary.output.judge_curves_png)["upstream"][job.output.judge]["rule"] == "job"
 
 
 def test_entry_script_without_key_succeeds_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     job = _judge_job(tmp_path, {"api_key_env": KEY_ENV})
-    _run_script("ablation_judge.py", job)
+    run_entry("ablation_judge.py", job)
     assert (pd.read_parquet(job.output.judge)["status"] == "skipped").all()
-    assert pd.read_parquet(job.output.metrics).empty
-    assert Path(job.output.curves_png).stat().st_size > 0
+    summary = _summary_job(job)
+    run_entry("ablation_summary.py", summary)
+    assert pd.read_parquet(summary.output.judge_metrics).empty
+    assert Path(summary.output.judge_curves_png).stat().st_size > 0
     log = Path(job.log[0]).read_text()
     assert log.count("LLM judge skipped") == 1
-    assert json.loads(Path(job.output.provenance).read_text())["skipped"].startswith("no API key")
+    assert read_provenance(job.output.judge)["skipped"].startswith("no API key")
+
+
+def _summary_job(judge_job: SimpleNamespace) -> SimpleNamespace:
+    """The ablation_summary job reading a judge job's inputs and output."""
+    out = Path(judge_job.output.judge).parent / "summary"
+    names = ("metrics", "replicates", "judge_metrics", "judge_replicates")
+    figures = ("curves", "judge_curves")
+    return SimpleNamespace(
+        input=SimpleNamespace(responses=judge_job.input.responses, judge=judge_job.output.judge),
+        output=SimpleNamespace(
+            **{n: str(out / f"{n}.parquet") for n in names},
+            **{f"{f}_{s}": str(out / f"{f}.{s}") for f in figures for s in ("png", "pdf")},
+        ),
+        log=[str(out / "summary.log")],
+        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
+        wildcards=judge_job.wildcards,
+        threads=1,
+        resources=SimpleNamespace(),
+    )

@@ -8,19 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kmap.intervals import RuleParams
-from kmap.knowledge_map import (
-    MapSettings,
-    choose_metric,
-    concept_curves,
-    consensus,
-    curve_from_tables,
-    curve_intervals,
-    map_curve,
-    markdown_table,
-    summary_table,
-)
-from kmap.map_figure import draw_cross_model, draw_map, summary_figure
+from kmap.maps.curves import MapSettings, choose_metric, consensus, curve_from_tables, curve_intervals, map_curve
+from kmap.maps.figures import draw_cross_model, draw_map, summary_figure
+from kmap.maps.intervals import RuleParams
+from kmap.maps.table1 import concept_curves, markdown_table, summary_table
 
 LAYERS = np.arange(-1, 16)
 
@@ -190,7 +181,7 @@ def test_cross_model_and_summary_figures_draw_every_model(tmp_path: Path) -> Non
 
 
 def test_map_of_a_model_without_finite_curves_is_drawn_empty(tmp_path: Path) -> None:
-    from kmap.knowledge_map import read_cells
+    from kmap.maps.curves import read_cells
 
     empty = tmp_path / "empty.parquet"
     pd.DataFrame(columns=["model", "layer"]).to_parquet(empty)

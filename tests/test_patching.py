@@ -10,19 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kmap.hooks import EMBEDDINGS
-from kmap.models import LoadedModel
-from kmap.patching import (
-    PatchingSettings,
-    PreparedPair,
-    prepare_pair,
-    prepare_pairs,
-    run_pairs,
-    start_at,
-    sweep,
-)
-from kmap.patching_report import SMALL_GAP, USED, exclusion_note, heatmap_figure, run_patching, summarise
-from kmap.stats import bootstrap_indices
+from kmap.core.models import LoadedModel
+from kmap.core.stats import bootstrap_indices
+from kmap.core.tables import EMBEDDINGS
+from kmap.methods.patching.run import run_patching
+from kmap.methods.patching.settings import SMALL_GAP, USED, PatchingSettings, exclusion_note
+from kmap.methods.patching.summary import heatmap_figure, summarise
+from kmap.methods.patching.sweep import PreparedPair, prepare_pair, prepare_pairs, run_pairs, start_at, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 VIGNETTE = "a {age} year old {sex} patient presents with chest pain and fever , most likely has"
@@ -246,7 +240,7 @@ def test_run_patching_counts_every_pair_and_draws_heatmaps(tiny: LoadedModel, tm
 
 
 def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
-    from kmap.prompts import load_pairs
+    from kmap.data.prompts import load_pairs
 
     frame = load_pairs("disease", REPO / "prompts").frame
     run = run_patching(demo, frame, PatchingSettings(heatmap_pairs=0))
@@ -265,9 +259,10 @@ def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
 def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
     tiny_dirs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import kmap.patching_report as report
-    from kmap.models import ModelSpec, load_model
-    from kmap.patching_report import NON_FINITE
+    import kmap.methods.patching.run as report
+    from kmap.core.models import load_model
+    from kmap.core.spec import ModelSpec
+    from kmap.methods.patching.settings import NON_FINITE
 
     model = load_model(ModelSpec(name="t", kind="tiny", source=str(tiny_dirs["llama"]), dtype="float32"))
     # An overflowed logit (as fp16 produces): v1's foil "migraine" scores inf, so v1's LDs are -inf.

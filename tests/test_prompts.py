@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kmap.knowledge import load_knowledge, split_words, vocabulary
-from kmap.prompts import PromptSetError, load_pairs, load_prompt_set, validate_all
+from kmap.data.knowledge import load_knowledge, split_words, vocabulary
+from kmap.data.prompts import PromptSetError, load_pairs, load_prompt_set, validate_all
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "prompts"
@@ -185,7 +185,7 @@ def test_missing_file_and_na_strings_kept(prompts_copy: Path) -> None:
 
 
 def test_inconsistent_knowledge_named(tmp_path: Path) -> None:
-    from kmap.knowledge import KnowledgeError
+    from kmap.data.knowledge import KnowledgeError
 
     text = (PROMPTS / "knowledge.yaml").read_text()
     broken = tmp_path / "knowledge.yaml"

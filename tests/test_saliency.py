@@ -11,18 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from kmap.answer_tokens import continuation
-from kmap.models import LoadedModel, ModelSpec, load_model
-from kmap.saliency import (
-    METRICS,
-    SaliencySettings,
-    experts_of,
-    gradient_sums,
-    measured_parameters,
-    run_saliency,
-    summarise,
-)
-from kmap.stats import bootstrap_indices
+from kmap.core.models import LoadedModel, load_model
+from kmap.core.spec import ModelSpec
+from kmap.core.stats import bootstrap_indices
+from kmap.core.tokens import continuation
+from kmap.methods.saliency.measure import experts_of, gradient_sums, measured_parameters, run_saliency
+from kmap.methods.saliency.settings import METRICS, SaliencySettings
+from kmap.methods.saliency.summary import summarise
 
 PROMPTS = pd.DataFrame(
     {

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kmap.activations import read_cache
-from kmap.tiny import build_tiny_model
+from kmap.activations.cache import read_cache
+from kmap.offline.tiny import build_tiny_model
 from tests.workflow import REPO, copy_workflow, snakemake, write_config
 
 pytestmark = pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed")

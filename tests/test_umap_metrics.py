@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kmap.activations import ActivationCache
-from kmap.embedding import UmapParams, embed
-from kmap.plotting import curve_figure, panel_layers, umap_panels
-from kmap.umap_metrics import run_geometry
+from kmap.activations.cache import ActivationCache
+from kmap.core.figures import curve_figure
+from kmap.methods.umap.embedding import UmapParams, embed
+from kmap.methods.umap.figures import panel_layers, umap_panels
+from kmap.methods.umap.measure import run_geometry
 
 PARAMS = UmapParams(n_epochs=100, panel_layers=3)
 
@@ -121,7 +122,7 @@ def test_figures_from_tables(clustered, tmp_path: Path) -> None:
 
 
 def test_parallel_layers_equal_sequential(clustered) -> None:
-    from kmap.embedding import embed_layers
+    from kmap.methods.umap.embedding import embed_layers
 
     cache, _ = clustered
     stacked = np.concatenate([cache.acts, cache.acts[:1]])  # three layers, so the pool is used
@@ -135,8 +136,8 @@ def test_parallel_layers_equal_sequential(clustered) -> None:
 def test_silhouette_ci_contains_estimate_with_many_small_labels() -> None:
     """60 labels of 3 prompts, weakly clustered (like the drug mechanisms): recomputing the silhouette on
     resamples is biased low (its interval misses the estimate); resampling per-prompt values is not."""
-    from kmap.geometry import pairwise, silhouette_from_distances
-    from kmap.stats import bootstrap_indices, percentile_ci
+    from kmap.core.stats import bootstrap_indices, percentile_ci
+    from kmap.methods.umap.geometry import pairwise, silhouette_from_distances
 
     rng = np.random.default_rng(0)
     labels = np.repeat([f"class{i}" for i in range(60)], 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kmap.activations import read_cache
+from kmap.activations.cache import read_cache
 from tests.workflow import copy_workflow, job_counts, snakemake, write_config
 
 FAST = {
@@ -30,7 +30,7 @@ FAST = {
     "patching": {"heatmap_pairs": 2, "min_gap": 0.0},
 }
 METHOD_OUTPUTS = {
-    "saliency": ("metrics.parquet", "curves.png"),
+    "saliency": ("raw.parquet", "metrics.parquet", "curves.png"),
     "ablation": ("metrics.parquet", "responses.parquet", "judge_metrics.parquet", "judge.parquet"),
     "patching": ("metrics.parquet", "pairs.parquet", "curves.png", "heatmap.png"),
 }
@@ -146,8 +146,10 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
             "activations": 2,
             "umap": 1,
             "saliency": 1,
+            "saliency_summary": 1,
             "ablation_generate": 1,
             "ablation_judge": 1,
+            "ablation_summary": 1,
             "intervals": 3,  # disease: umap, saliency, ablation
             "knowledge_map": 1,
             "cross_model": 1,
@@ -166,7 +168,8 @@ def test_editing_patching_pairs_reruns_only_patching(ran: Path) -> None:
     lines = original.splitlines(keepends=True)
     pairs.write_text("".join(lines[:-1]))  # drop the last pair
     try:
-        assert _plan(ran) == {"patching": 1, "intervals": 1, "knowledge_map": 1, "cross_model": 1, "all": 1}
+        maps = {"intervals": 1, "knowledge_map": 1, "cross_model": 1}
+        assert _plan(ran) == {"patching": 1, "patching_summary": 1, **maps, "all": 1}
     finally:
         pairs.write_text(original)
 
@@ -183,11 +186,110 @@ def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
     assert job_counts(snakemake(ran, "-n", "--configfile", "config/batch.yaml").stdout) == {}
 
 
+GPU_RULES = {"demo_model", "activations", "saliency", "ablation_generate", "patching"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        # Statistics: every summary and the maps after them; umap computes its CIs on the CPU too.
+        (
+            {"bootstrap": {"n": 10}},
+            {"umap", "saliency_summary", "ablation_summary", "patching_summary", "intervals", "knowledge_map"},
+        ),
+        ({"figures": {"dpi": 72}}, {"umap", "saliency_summary", "ablation_summary", "patching_summary"}),
+        ({"map": {"sigma": 2.0}}, {"intervals", "knowledge_map"}),
+    ],
+    ids=["bootstrap.n", "figures.dpi", "map.sigma"],
+)
+def test_statistics_figure_and_map_settings_never_rerun_gpu_jobs(ran: Path, setting: dict, expected: set) -> None:
+    write_config(ran, {**FAST, **setting, "bootstrap": {**FAST["bootstrap"], **setting.get("bootstrap", {})}}, "s.yaml")
+    plan = job_counts(snakemake(ran, "-n", "--configfile", "config/s.yaml").stdout)
+    assert not GPU_RULES & set(plan), plan
+    assert expected <= set(plan) <= expected | {"intervals", "knowledge_map", "cross_model", "all"}, plan
+
+
+MAPS = {"intervals", "knowledge_map", "cross_model"}
+SUMMARIES = {"saliency_summary", "ablation_summary", "patching_summary", "umap"}
+
+
+@pytest.mark.parametrize(
+    ("module", "rerun", "after"),
+    [
+        ("methods/patching/summary.py", {"patching_summary"}, MAPS),
+        ("methods/patching/sweep.py", {"patching"}, {"patching_summary", *MAPS}),
+        ("maps/figures.py", {"knowledge_map", "cross_model"}, set()),
+        ("methods/umap/geometry.py", {"umap"}, MAPS),
+        ("activations/cache.py", {"activations", "umap"}, MAPS),
+    ],
+)
+def test_editing_a_module_reruns_the_rules_importing_it(ran: Path, module: str, rerun: set, after: set) -> None:
+    """Code versions are derived from each entry script's import closure: an edit plans the rules whose
+    scripts reach the module, then only what consumes their outputs."""
+    path = ran / "workflow_scripts" / "kmap" / module
+    original = path.read_bytes()
+    path.write_bytes(original + b"\n# edited\n")
+    try:
+        planned = set(_plan(ran)) - {"all"}
+    finally:
+        path.write_bytes(original)
+    assert rerun <= planned <= rerun | after, (module, planned)
+    assert _plan(ran) == {}
+
+
+def test_unrelated_module_and_resaved_script_rerun_nothing(ran: Path) -> None:
+    (ran / "workflow_scripts" / "kmap" / "scratch.py").write_text("x = 1\n")
+    script = ran / "workflow_scripts" / "patching.py"
+    script.write_bytes(script.read_bytes())
+    later = time.time() + 5
+    os.utime(script, (later, later))
+    try:
+        assert _plan(ran) == {}
+    finally:
+        (ran / "workflow_scripts" / "kmap" / "scratch.py").unlink()
+
+
+def test_every_output_carries_provenance(ran: Path) -> None:
+    """Walk the whole run: every file the workflow wrote carries a provenance record naming its rule and code
+    version; per-model outputs name the model and its resolved revision, per-domain ones the prompt hash."""
+    from kmap.core.provenance import DIRECTORY_FILE, SIDECAR_SUFFIX, read_provenance
+
+    results = ran / "results"
+    checked = 0
+    for path in sorted(results.rglob("*")):
+        parts = path.relative_to(results).parts
+        if path.is_dir() or parts[0] in ("logs", "benchmarks", "cache") or path.name.endswith(SIDECAR_SUFFIX):
+            continue
+        if parts[0] == "models":  # a model directory: one record for the directory
+            record = read_provenance(results / "models" / parts[1] / DIRECTORY_FILE)
+        else:
+            record = read_provenance(path)
+        assert record, f"{path} carries no provenance"
+        assert record["code_version"] and record["rule"] and record["settings"] is not None, path
+        if len(parts) >= 3 and parts[0] not in ("summary",):
+            model = record.get("model") or {}
+            assert model.get("name") == parts[1] and "resolved_revision" in model, path
+        if parts[0] in ("activations", "umap", "saliency", "ablation", "patching"):
+            assert len(record["prompt_sha256"]) == 64, path
+        checked += 1
+    assert checked > 100
+
+
 def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> None:
     work = copy_workflow(tmp_path)
     result = snakemake(work, "-n", "--configfile", "config/paper.yaml")
     counts = job_counts(result.stdout)
-    per_job = ("activations", "umap", "saliency", "ablation_generate", "ablation_judge", "patching")
+    per_job = (
+        "activations",
+        "umap",
+        "saliency",
+        "saliency_summary",
+        "ablation_generate",
+        "ablation_judge",
+        "ablation_summary",
+        "patching",
+        "patching_summary",
+    )
     maps = {"intervals": 11 * 6 * 4, "knowledge_map": 11, "cross_model": 1}
     assert counts == {**dict.fromkeys(per_job, 11 * 6), **maps, "all": 1}
     assert "demo_model" not in result.stdout

@@ -76,3 +76,20 @@ def job_counts(output: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def run_entry(script: str, job: object) -> None:
+    """Run an entry script in-process as Snakemake would (``snakemake`` injected, run as __main__), restoring
+    stderr and logging afterwards."""
+    import logging
+    import runpy
+
+    stderr, handlers = sys.stderr, logging.getLogger().handlers[:]
+    try:
+        runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": job}, run_name="__main__")
+    finally:
+        sys.stderr.flush()
+        if sys.stderr is not stderr:
+            sys.stderr.close()
+        sys.stderr = stderr
+        logging.getLogger().handlers[:] = handlers

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from kmap.knowledge import load_knowledge  # noqa: E402
-from kmap.prompt_generation import PROMPT_BUILDERS, build_pairs, build_prompts  # noqa: E402
+from kmap.data.generation import PROMPT_BUILDERS, build_pairs, build_prompts  # noqa: E402
+from kmap.data.knowledge import load_knowledge  # noqa: E402
 
 
 def render(frame) -> str:

@@ -1,35 +1,32 @@
-"""Snakemake entry: the cross-model map (every model on relative depth) and Table 1 (best layer per concept)."""
+"""Rule cross_model (CPU): the cross-model map (every model on relative depth) and Table 1 (best layer per
+concept)."""
 
 import pandas as pd
 
-from kmap.io import atomic_output, write_text_atomic
-from kmap.knowledge_map import concept_curves, markdown_table, read_cells, summary_table
-from kmap.map_figure import draw_cross_model, summary_figure
-from kmap.runner import setup
-from kmap.tables import read_table
+from kmap.core.job import Job
+from kmap.core.tables import read_table
+from kmap.maps.curves import read_cells
+from kmap.maps.figures import draw_cross_model, summary_figure
+from kmap.maps.table1 import concept_curves, markdown_table, summary_table
 
 
-def main() -> None:
-    sm = snakemake
-    log = setup(sm.log[0])
-    cells = read_cells(sm.input.cells)
-    agree = pd.concat([pd.read_parquet(path) for path in sm.input.consensus], ignore_index=True)
-    drawn = draw_cross_model(cells, agree, sm.output.map_png, sm.output.map_pdf)
-    log.info("cross-model map: %s", drawn)
-
+def main(job: Job) -> None:
+    out = job.smk.output
+    cells = read_cells(job.smk.input.cells)
+    agree = pd.concat([pd.read_parquet(path) for path in job.smk.input.consensus], ignore_index=True)
+    job.log.info("cross-model map: %s", draw_cross_model(cells, agree, out.map_png, out.map_pdf))
     # Table 1 from the metric tables: one frame per (domain, method) holding every model's rows.
-    tables = {}
-    for path in sm.input.metrics:
+    tables: dict[tuple[str, str], pd.DataFrame] = {}
+    for path in job.smk.input.metrics:
         table = read_table(path)
         key = (str(table["domain"].iloc[0]), str(table["method"].iloc[0]))
         tables[key] = pd.concat([tables[key], table]) if key in tables else table
     table = summary_table(concept_curves(tables))
-    with atomic_output(sm.output.table_csv) as tmp:
-        table.to_csv(tmp, index=False)
-    write_text_atomic(sm.output.table_md, markdown_table(table))
-    bars = summary_figure(table, sm.output.table_png, sm.output.table_pdf)
-    log.info("summary table: %d rows, %d finite", len(table), bars)
+    job.write_frame(table, out.table_csv)
+    job.write_text(out.table_md, markdown_table(table))
+    bars = summary_figure(table, out.table_png, out.table_pdf)
+    job.log.info("summary table: %d rows, %d finite", len(table), bars)
 
 
 if __name__ == "__main__":
-    main()
+    main(Job(snakemake))  # noqa: F821 - injected by Snakemake

@@ -1,29 +1,26 @@
-"""Snakemake entry: one model's knowledge map (Domain × Layer, each method's intervals, consensus)."""
+"""Rule knowledge_map (CPU): one model's knowledge map (Domain × Layer, each method's intervals, consensus)."""
 
 import pandas as pd
 
-from kmap.io import atomic_output
-from kmap.knowledge_map import MapSettings, consensus, read_cells
-from kmap.map_figure import draw_map
-from kmap.runner import setup
+from kmap.core.job import Job
+from kmap.maps.curves import MapSettings, consensus, read_cells
+from kmap.maps.figures import draw_map
 
 
-def main() -> None:
-    sm = snakemake
-    log = setup(sm.log[0])
-    model = sm.wildcards.model
-    settings = MapSettings.from_dict(sm.params.map)
-    cells = read_cells(sm.input.cells)
-    intervals = pd.concat([pd.read_parquet(path) for path in sm.input.intervals], ignore_index=True)
+def main(job: Job) -> None:
+    out = job.smk.output
+    settings = MapSettings.from_dict(job.params["map"])
+    cells = read_cells(job.smk.input.cells)
+    intervals = pd.concat([pd.read_parquet(path) for path in job.smk.input.intervals], ignore_index=True)
     agree = consensus(cells, settings.consensus_methods)
-    drawn = draw_map(cells, agree, sm.output.png, sm.output.pdf, f"{model}: knowledge map")
-    for frame, path in ((cells, sm.output.cells), (agree, sm.output.consensus)):
-        with atomic_output(path) as tmp:
-            frame.to_parquet(tmp, index=False)
-    with atomic_output(sm.output.intervals) as tmp:
-        intervals.to_csv(tmp, index=False)
-    log.info("%s: %d selected cells, %d consensus cells", model, drawn["selected_cells"], drawn["consensus_cells"])
+    drawn = draw_map(cells, agree, out.png, out.pdf, f"{job.model}: knowledge map")
+    job.write_frame(cells, out.cells)
+    job.write_frame(agree, out.consensus)
+    job.write_frame(intervals, out.intervals)
+    job.log.info(
+        "%s: %d selected cells, %d consensus cells", job.model, drawn["selected_cells"], drawn["consensus_cells"]
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(Job(snakemake))  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,154 @@
+"""Configuration checks and model specs, run at workflow start (before any job, any GPU).
+
+``check_config`` reports every problem at once, each naming the config file, the key, the bad value and what
+is allowed; it complements the schema (types, enums, defaults) with facts a schema cannot state: hub ids
+versus local paths, local weights that must exist as safetensors, custom code that must be allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from kmap.core.spec import ModelSpec
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists every problem with its key and fix."""
+
+
+def _key(path: Iterable[Any]) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _describe(error: ValidationError) -> str:
+    key = _key(error.absolute_path)
+    value = error.instance
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"{key}: {value!r} is not allowed; use one of: {allowed}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"{key}: missing required key {missing!r}"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"{key}: {error.message}; known keys: {allowed}"
+    if error.validator == "propertyNames":
+        return f"{key}: name {value!r} must match {error.schema.get('pattern')}"
+    if error.validator == "type":
+        return f"{key}: {value!r} should be of type {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def _with_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill schema defaults (objects recursively, and each model entry) without touching the input."""
+    filled = copy.deepcopy(config)
+
+    def fill(node: dict[str, Any], sub: dict[str, Any]) -> None:
+        for key, prop in sub.get("properties", {}).items():
+            if key not in node and "default" in prop:
+                node[key] = copy.deepcopy(prop["default"])
+            if isinstance(node.get(key), dict):
+                fill(node[key], prop)
+                entries = prop.get("additionalProperties")
+                if isinstance(entries, dict):
+                    for entry in node[key].values():
+                        if isinstance(entry, dict):
+                            fill(entry, entries)
+
+    fill(filled, schema)
+    return filled
+
+
+def _model_problems(name: str, entry: dict[str, Any], methods: list[str]) -> list[str]:
+    key = f"models.{name}"
+    kind = entry["kind"]
+    problems: list[str] = []
+    if kind in ("demo", "tiny") and "source" in entry:
+        problems.append(f"{key}.source: a {kind} model is built by the workflow; remove 'source'")
+    unknown_methods = sorted(set(entry.get("methods", [])) - set(methods))
+    if unknown_methods:
+        problems.append(f"{key}.methods: {unknown_methods} not in the top-level methods {methods}; add them there")
+    if kind != "tiny" and "architecture" in entry:
+        problems.append(f"{key}.architecture: only tiny models take an architecture; remove it")
+    if kind != "hf":
+        return problems
+    source = str(entry["source"])
+    looks_local = source.startswith(("/", ".", "~"))
+    if looks_local:
+        root = Path(source).expanduser()
+        config_file = root / "config.json"
+        if not config_file.exists():
+            problems.append(
+                f"{key}.source: local model directory {source!r} has no config.json; "
+                "point it to a directory saved with save_pretrained, or use a hub id 'org/name'"
+            )
+        elif not any(root.glob("*.safetensors")):
+            problems.append(
+                f"{key}.source: {source!r} has no .safetensors weights (kmap never loads pickled "
+                "checkpoints); convert with save_pretrained(..., safe_serialization=True)"
+            )
+        elif "auto_map" in json.loads(config_file.read_text()) and not entry.get("trust_remote_code"):
+            problems.append(
+                f"{key}.trust_remote_code: {source!r} needs its own Python code (config.json has auto_map); "
+                f"review that code, then set {key}.trust_remote_code: true"
+            )
+    elif not HUB_ID.match(source):
+        problems.append(
+            f"{key}.source: {source!r} is neither a hub id of the form 'org/name' nor a local path "
+            "(start local paths with '/', './' or '~')"
+        )
+    if entry.get("quantization", "none") != "none" and entry.get("dtype") == "float32":
+        problems.append(f"{key}.dtype: bitsandbytes {entry['quantization']} computes in bfloat16/float16, not float32")
+    return problems
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path, source: str = "the config") -> dict[str, Any]:
+    """Validate ``config``; return it with defaults filled, or raise ConfigError listing every problem."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_describe(error) for error in errors]
+    if not problems:
+        filled = _with_defaults(config, schema)
+        for name, entry in filled["models"].items():
+            problems.extend(_model_problems(name, entry, filled["methods"]))
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"invalid configuration in {source}:\n{lines}\n(see config/README.md for every key)")
+    return filled
+
+
+def model_methods(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Methods to run per model: its own list, else the top-level one."""
+    return {name: entry.get("methods", config["methods"]) for name, entry in config["models"].items()}
+
+
+def model_specs(config: dict[str, Any]) -> dict[str, ModelSpec]:
+    """ModelSpec per configured model; demo and tiny models live under ``{results}/models/{name}``."""
+    specs = {}
+    for name, entry in config["models"].items():
+        kind = entry["kind"]
+        source = entry.get("source") or str(Path(config["results"]) / "models" / name)
+        specs[name] = ModelSpec(
+            name=name,
+            kind=kind,
+            source=source,
+            revision=entry.get("revision"),
+            dtype=entry.get("dtype", "bfloat16"),
+            quantization=entry.get("quantization", "none"),
+            trust_remote_code=bool(entry.get("trust_remote_code", False)),
+            n_layers=entry.get("n_layers"),
+            architecture=entry.get("architecture"),
+        )
+    return specs

@@ -1,0 +1,192 @@
+"""The job harness every entry script uses: one ``Job`` per Snakemake job.
+
+It sends logging (and stderr) to the rule's log file, caps threads, and writes every output atomically with
+the job's provenance: model id and resolved revision, prompt-set hash, the settings that shaped it (the rule's
+params), code version, and what the job's inputs carried (so a summary names the model its numbers came from).
+GPU jobs load their model with ``kmap.core.models.load_for_job``, kept out of this module so that CPU jobs'
+code versions never depend on model loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kmap.core import figures
+from kmap.core.io import atomic_output, file_sha256, write_json_atomic, write_text_atomic
+from kmap.core.provenance import DIRECTORY_FILE, read_provenance, record, sidecar
+from kmap.core.tables import METRIC_COLUMNS, write_frame, write_table
+
+# Params that locate things rather than shape values: kept out of the recorded settings.
+NOT_SETTINGS = ("code", "model", "max_memory", "prompts_dir", "cache_dir")
+# Inputs whose content is the prompt set (hashed into every record).
+PROMPT_INPUTS = ("prompts", "pairs", "knowledge")
+# Facts carried over from inputs' provenance.
+UPSTREAM_KEYS = ("model", "prompt_sha256", "code_version", "rule")
+
+
+def setup_logging(log_path: str | Path | None, threads: int = 1) -> logging.Logger:
+    """Send logging (and stderr, where tqdm and warnings go) to the rule's log file; cap torch threads."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives for the job
+        sys.stderr = stream
+        handlers = [logging.StreamHandler(stream)]
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    if "torch" in sys.modules:  # CPU jobs never import torch just to cap its threads
+        sys.modules["torch"].set_num_threads(max(1, int(threads)))
+    return logging.getLogger("kmap")
+
+
+def progress_logger(log: logging.Logger, label: str, every: int = 10) -> Callable[[int, int], None]:
+    """A progress callback logging ``done/total`` at most ``every`` times (readable in a log file)."""
+    state = {"next": 0}
+
+    def report(done: int, total: int) -> None:
+        if done >= state["next"] or done == total:
+            log.info("%s: %d/%d (%.0f%%)", label, done, total, 100 * done / max(total, 1))
+            state["next"] = done + max(1, total // every)
+
+    return report
+
+
+class Job:
+    """The running Snakemake job (``snakemake`` object), with kmap's outputs, model loading and provenance."""
+
+    def __init__(self, smk: Any) -> None:
+        self.smk = smk
+        self.log = setup_logging(smk.log[0] if len(smk.log) else None, smk.threads)
+        self.wildcards: dict[str, str] = dict(_items(smk.wildcards))
+        self.extra: dict[str, Any] = {}
+        figures.configure(self.params.get("figures"), self.provenance)
+
+    # --- what the job is --------------------------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(_items(self.smk.params))
+
+    @property
+    def model(self) -> str:
+        return self.wildcards["model"]
+
+    @property
+    def domain(self) -> str:
+        return self.wildcards["domain"]
+
+    @property
+    def label(self) -> str:
+        return "/".join(self.wildcards.values()) or self.rule
+
+    @property
+    def rule(self) -> str:
+        return str(getattr(self.smk, "rule", "job"))
+
+    def section(self, name: str, **override: Any) -> dict[str, Any]:
+        """A settings section from the rule's params, with job-side values (a retry's batch size) on top."""
+        return {**self.params.get(name, {}), **override}
+
+    def spec(self) -> Any:
+        from kmap.core.spec import ModelSpec
+
+        return ModelSpec(**self.params["model"])
+
+    def progress(self, what: str) -> Callable[[int, int], None]:
+        return progress_logger(self.log, f"{self.rule} {self.label} {what}")
+
+    # --- provenance -------------------------------------------------------------------------------------
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        """The record every output of this job carries; ``note`` adds run facts to it."""
+        params = self.params
+        fields: dict[str, Any] = {
+            "rule": self.rule,
+            **self.wildcards,
+            "settings": {k: v for k, v in params.items() if k not in NOT_SETTINGS},
+            "code_version": params.get("code"),
+        }
+        upstream = self._upstream()
+        if "model" in params:
+            fields["model"] = self.spec().provenance()
+        elif len({_key(u.get("model")) for u in upstream.values()}) == 1:
+            fields["model"] = next(iter(upstream.values())).get("model")
+        elif upstream:
+            fields["models"] = sorted({_key(u.get("model")) for u in upstream.values()})
+        prompts = {name: file_sha256(path) for name in PROMPT_INPUTS for path in self._inputs(name)}
+        if prompts:
+            fields["prompt_sha256"] = prompts if len(prompts) > 1 else next(iter(prompts.values()))
+        elif len({_key(u.get("prompt_sha256")) for u in upstream.values()}) == 1:
+            fields["prompt_sha256"] = next(iter(upstream.values())).get("prompt_sha256")
+        if upstream:
+            fields["upstream"] = upstream
+        return record(**fields)
+
+    def note(self, **facts: Any) -> None:
+        """Add run facts (load time, devices, tokens/s) to the record of every output written afterwards."""
+        self.provenance.update(facts)
+        figures.configure(None, self.provenance)
+
+    def _inputs(self, name: str) -> list[str]:
+        value = getattr(self.smk.input, name, None)
+        if value is None:
+            return []
+        return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+    def _upstream(self) -> dict[str, dict[str, Any]]:
+        found = {}
+        for _, value in _items(self.smk.input):
+            for path in [value] if isinstance(value, str) else list(value):
+                if Path(path).suffix in (".parquet", ".safetensors") and Path(path).is_file():
+                    carried = read_provenance(path)
+                    if carried:
+                        found[str(path)] = {k: carried[k] for k in UPSTREAM_KEYS if k in carried}
+        return found
+
+    # --- outputs ----------------------------------------------------------------------------------------
+
+    def write_table(self, frame: pd.DataFrame, path: str | Path, columns: tuple[str, ...] = METRIC_COLUMNS) -> None:
+        write_table(frame, path, columns, self.provenance)
+
+    def write_frame(self, frame: pd.DataFrame, path: str | Path) -> None:
+        write_frame(frame, path, self.provenance)
+
+    def write_json(self, path: str | Path, obj: Mapping[str, Any]) -> None:
+        write_json_atomic(path, {**obj, "provenance": self.provenance})
+
+    def write_text(self, path: str | Path, text: str) -> None:
+        write_json_atomic(sidecar(path), self.provenance)
+        write_text_atomic(path, text)
+
+    @contextlib.contextmanager
+    def directory(self, path: str | Path) -> Iterator[Path]:
+        """An output directory built in a temporary one, with ``kmap_provenance.json`` inside."""
+        with atomic_output(path, directory=True) as tmp:
+            yield tmp
+            write_json_atomic(tmp / DIRECTORY_FILE, self.provenance)
+
+
+def _items(named: Any) -> list[tuple[str, Any]]:
+    """Name-value pairs of a Snakemake named list (or of a plain namespace standing in for one in tests)."""
+    if hasattr(named, "items"):
+        return list(named.items())
+    return list(vars(named).items())
+
+
+def _key(value: Any) -> str:
+    from kmap.core.provenance import to_json
+
+    return to_json(value)

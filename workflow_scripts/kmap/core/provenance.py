@@ -1,0 +1,188 @@
+"""Provenance: what made an output, and the code version that decides when a rule reruns.
+
+Every file a job writes carries a provenance record (model id and resolved revision, prompt-set hash, the
+settings that shaped it, code version): in the Parquet schema metadata, a PNG text chunk, the PDF metadata,
+the safetensors header or a JSON's ``provenance`` key, all under ``KEY``; a CSV, Markdown file or model
+directory gets a ``<name>.provenance.json`` sidecar (a directory: ``kmap_provenance.json`` inside).
+``read_provenance`` reads any of them back.
+
+``code_version`` hashes an entry script plus every kmap module it imports, transitively (found by parsing
+imports, never by importing: the Snakefile parse stays free of torch). Rules record it in their params, so
+editing any module a rule's script reaches reruns that rule, and editing anything else does not.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import kmap
+
+KEY = "kmap_provenance"
+SIDECAR_SUFFIX = ".provenance.json"
+DIRECTORY_FILE = "kmap_provenance.json"
+PACKAGE_DIR = Path(kmap.__file__).resolve().parent
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    """A provenance record: the caller's fields plus kmap's version, git commit, Python and a UTC timestamp."""
+    out: dict[str, Any] = dict(fields)
+    out.setdefault("kmap_version", kmap.__version__)
+    out.setdefault("git", git_describe())
+    out.setdefault("python", platform.python_version())
+    out.setdefault("created_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return out
+
+
+def to_json(obj: Any) -> str:
+    """Canonical JSON (ASCII, sorted keys) as embedded in files."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=True, default=str)
+
+
+@functools.cache
+def git_describe() -> str | None:
+    """The repository commit, if kmap runs from a git checkout (recorded, never required)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# --- code version: the import closure of an entry script ----------------------------------------------------
+
+
+def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
+    """The source file of kmap module ``name`` ("kmap.core.io"), a package's __init__.py, or None."""
+    parts = name.split(".")
+    if parts[0] != "kmap":
+        return None
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """kmap modules imported anywhere in ``path`` (top level and inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "kmap")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] != "kmap":
+                continue
+            found.add(node.module)
+            # ``from kmap.core import io`` imports the submodule kmap.core.io
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def import_closure(script: str | Path, root: Path = PACKAGE_DIR) -> list[Path]:
+    """Every kmap source file ``script`` reaches through imports, with the packages' __init__ files."""
+    seen: set[Path] = set()
+    todo = [Path(script)]
+    while todo:
+        for name in _imported_modules(todo.pop()):
+            parts = name.split(".")
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first.
+            for depth in range(1, len(parts) + 1):
+                source = module_file(".".join(parts[:depth]), root)
+                if source is not None and source not in seen:
+                    seen.add(source)
+                    todo.append(source)
+    return sorted(seen)
+
+
+def code_version(script: str | Path, root: Path = PACKAGE_DIR) -> str:
+    """Hash of an entry script and its import closure (paths relative to the package, and contents)."""
+    script = Path(script)
+    digest = hashlib.sha256(script.read_bytes())
+    for source in import_closure(script, root):
+        digest.update(str(source.relative_to(root)).encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# --- reading provenance back ---------------------------------------------------------------------------------
+
+
+def sidecar(path: str | Path) -> Path:
+    path = Path(path)
+    return path / DIRECTORY_FILE if path.is_dir() else path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The provenance a file carries (embedded, or in its sidecar), or None."""
+    path = Path(path)
+    embedded = _embedded(path)
+    if embedded is not None:
+        return embedded
+    side = sidecar(path)
+    if side.is_file():
+        return json.loads(side.read_text(encoding="utf-8"))
+    return None
+
+
+def _embedded(path: Path) -> dict[str, Any] | None:
+    suffix = path.suffix.lower()
+    text: str | bytes | None = None
+    if path.is_dir():
+        return None
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        text = (pq.read_schema(path).metadata or {}).get(KEY.encode())
+    elif suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(KEY)
+    elif suffix == ".pdf":
+        text = _pdf_keywords(path.read_bytes())
+    elif suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as handle:
+            text = (handle.metadata() or {}).get(KEY)
+    elif suffix == ".json" and not path.name.endswith(SIDECAR_SUFFIX) and path.name != DIRECTORY_FILE:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        found = obj.get("provenance") if isinstance(obj, dict) else None
+        return found if isinstance(found, dict) else None
+    elif path.name.endswith(SIDECAR_SUFFIX) or path.name == DIRECTORY_FILE:
+        return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(text) if text else None
+
+
+def _pdf_keywords(data: bytes) -> str | None:
+    """The /Keywords string of a PDF's info dictionary (matplotlib writes it as a literal string)."""
+    start = data.find(b"/Keywords (")
+    if start < 0:
+        return None
+    out, i, depth = bytearray(), start + len(b"/Keywords ("), 1
+    while i < len(data):
+        char = data[i : i + 1]
+        if char == b"\\":
+            out += data[i + 1 : i + 2]
+            i += 2
+            continue
+        depth += {b"(": 1, b")": -1}.get(char, 0)
+        if depth == 0:
+            break
+        out += char
+        i += 1
+    return out.decode("latin-1")

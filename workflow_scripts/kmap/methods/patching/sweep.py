@@ -1,0 +1,334 @@
+"""Activation patching: pair preparation and an exact, fast layer sweep.
+
+Per pair, the clean and the corrupted prompt run once each (``run_pairs``); the clean run's layer outputs, the
+corrupted run's layer outputs and the corrupted run's keys/values are kept. A patched run at layer l is the
+corrupted run with layer l's output replaced by the clean one at chosen positions. ``patched_ld`` computes it
+without recomputing what the patch cannot change:
+
+- layers 0..l are not run: their ``forward`` temporarily returns its input (layers < l) or the prepared
+  patched residual (layer l); the base model still builds embeddings, rotary tables and masks (cheap);
+- positions before the first patched one are not run either: in a causal model their states equal the
+  corrupted run's at every layer, so the corrupted keys/values stand in for them (a KV cache), and only the
+  suffix from the first patched position is computed;
+- patched copies of many pairs, positions and position sets go through one forward per layer.
+
+``naive_patched_ld`` is the reference: a full corrupted forward per layer with ``hooks.overwrite``. The two
+agree to float precision on every supported architecture (tests/test_patching.py).
+
+LD = logit(r) − logit(r') at the answer position (the last prompt token). Answer tokens are those of
+" " + answer as the tokenizer splits it after the prompt (as inside a sentence). A multi-token answer is
+resolved with its first differing token where ``multi_token_answers`` allows it (default: numbers only, which
+Qwen and Gemma split into digits): the tokens both answers share (e.g. "1" of 10 / 15) are appended to both
+prompts, and LD compares the first tokens where the answers differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from kmap.core.hooks import capture, overwrite
+from kmap.core.models import LoadedModel
+from kmap.core.tables import EMBEDDINGS
+from kmap.core.tokens import continuation
+
+# --- pairs -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    id: str
+    clean: tuple[int, ...]  # token ids, special tokens included, shared answer prefix appended
+    corrupted: tuple[int, ...]
+    answer: int  # r
+    foil: int  # r'
+    answer_mode: str  # "single" | "first_differing"
+
+    @property
+    def concept(self) -> tuple[int, ...]:
+        """Positions where the clean and corrupted tokens differ."""
+        return tuple(i for i, (a, b) in enumerate(zip(self.clean, self.corrupted, strict=True)) if a != b)
+
+
+def _is_number(text: str) -> bool:
+    return text.strip().replace(".", "", 1).isdigit()
+
+
+def prepare_pair(tokenizer: Any, row: pd.Series, mode: str) -> PreparedPair | str:
+    """The pair's token ids and answer tokens, or the reason it is excluded for this tokenizer."""
+    clean = list(tokenizer(row["clean"])["input_ids"])
+    corrupted = list(tokenizer(row["corrupted"])["input_ids"])
+    if len(clean) != len(corrupted):
+        return "unequal_length"
+    if clean == corrupted:
+        return "identical_tokens"
+    answer = continuation(tokenizer, row["clean"], row["clean_answer"])
+    foil = continuation(tokenizer, row["clean"], row["corrupted_answer"])
+    single = len(answer) == 1 and len(foil) == 1
+    if not single:
+        numbers = _is_number(row["clean_answer"]) and _is_number(row["corrupted_answer"])
+        if mode == "exclude" or (mode == "numbers" and not numbers):
+            return "answer_not_single_token"
+    shared = 0
+    while shared < min(len(answer), len(foil)) and answer[shared] == foil[shared]:
+        shared += 1
+    if shared == min(len(answer), len(foil)):
+        return "answers_share_tokens"  # one answer's tokens are a prefix of the other's: no token to compare
+    prefix = answer[:shared]
+    return PreparedPair(
+        id=str(row["id"]),
+        clean=tuple(clean + prefix),
+        corrupted=tuple(corrupted + prefix),
+        answer=int(answer[shared]),
+        foil=int(foil[shared]),
+        answer_mode="single" if single else "first_differing",
+    )
+
+
+def prepare_pairs(tokenizer: Any, frame: pd.DataFrame, mode: str) -> tuple[list[PreparedPair], dict[str, str]]:
+    """Usable pairs and {pair id: exclusion reason} for the rest (never dropped silently)."""
+    kept: list[PreparedPair] = []
+    excluded: dict[str, str] = {}
+    for _, row in frame.iterrows():
+        prepared = prepare_pair(tokenizer, row, mode)
+        if isinstance(prepared, str):
+            excluded[str(row["id"])] = prepared
+        else:
+            kept.append(prepared)
+    return kept, excluded
+
+
+# --- clean and corrupted runs ----------------------------------------------------------------------------
+
+
+@dataclass
+class PairRuns:
+    """A batch of pairs, right-padded, with everything the patched runs reuse (on the model's devices)."""
+
+    pairs: list[PreparedPair]
+    clean_ids: Tensor  # [B, T]
+    corrupted_ids: Tensor
+    attention_mask: Tensor  # [B, T]; clean and corrupted have equal lengths
+    answer_pos: Tensor  # [B]
+    answer: Tensor  # [B]
+    foil: Tensor
+    clean_resid: dict[int, Tensor]  # per layer (-1: embeddings), [B, T, d]
+    corrupted_resid: dict[int, Tensor]
+    corrupted_kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values [B, heads, T, head_dim]
+    ld_clean: Tensor  # [B], float32
+    ld_corrupted: Tensor
+
+    def concept_mask(self) -> Tensor:
+        return (self.clean_ids != self.corrupted_ids) & self.attention_mask.bool()
+
+    def last_mask(self) -> Tensor:
+        mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
+        mask[torch.arange(len(mask)), self.answer_pos] = True
+        return mask
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def answer_ld(logits: Tensor, rows: Tensor, answer: Tensor, foil: Tensor) -> Tensor:
+    """logit(r) − logit(r') at each row's answer position: logits [B, T, V], rows [B] -> [B] float32."""
+    picked = logits[torch.arange(len(rows), device=logits.device), rows.to(logits.device)].float()
+    index = torch.arange(len(rows), device=picked.device)
+    return picked[index, answer.to(picked.device)] - picked[index, foil.to(picked.device)]
+
+
+def _kv_cache() -> Any:
+    from transformers import DynamicCache
+
+    # No config: every layer keeps all positions (a sliding-window layer's cache would drop the early ones the
+    # patched suffix still needs; the sliding mask is applied from absolute positions either way).
+    return DynamicCache()
+
+
+def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
+    """The clean and the corrupted run of a batch of pairs: layer outputs, corrupted keys/values, LDs."""
+    pad = loaded.tokenizer.pad_token_id
+    clean_ids, mask = pad_right([p.clean for p in pairs], pad, loaded.device)
+    corrupted_ids, _ = pad_right([p.corrupted for p in pairs], pad, loaded.device)
+    answer_pos = mask.sum(dim=1) - 1
+    answer = torch.tensor([p.answer for p in pairs], device=loaded.device)
+    foil = torch.tensor([p.foil for p in pairs], device=loaded.device)
+    layers = loaded.parts.layers
+    which = range(EMBEDDINGS, len(layers))
+    with torch.inference_mode():
+        with capture(layers, lambda h: h, which) as clean_store:
+            clean_logits = loaded.model(input_ids=clean_ids, attention_mask=mask, use_cache=False).logits
+        cache = _kv_cache()
+        with capture(layers, lambda h: h, which) as corrupted_store:
+            corrupted_logits = loaded.model(
+                input_ids=corrupted_ids, attention_mask=mask, cache=cache, use_cache=True
+            ).logits
+    return PairRuns(
+        pairs=list(pairs),
+        clean_ids=clean_ids,
+        corrupted_ids=corrupted_ids,
+        attention_mask=mask,
+        answer_pos=answer_pos,
+        answer=answer,
+        foil=foil,
+        clean_resid=dict(clean_store),
+        corrupted_resid=dict(corrupted_store),
+        corrupted_kv=[(cache.layers[i].keys, cache.layers[i].values) for i in range(len(layers))],
+        ld_clean=answer_ld(clean_logits, answer_pos, answer, foil),
+        ld_corrupted=answer_ld(corrupted_logits, answer_pos, answer, foil),
+    )
+
+
+# --- patched runs ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def start_at(layers: nn.ModuleList, layer: int, residual: Tensor) -> Iterator[None]:
+    """Make the model's forward begin after ``layer`` (-1: the embeddings), whose output is ``residual``.
+
+    Layers below return their input unchanged (not computed) and ``layer`` returns ``residual``; the forwards
+    are instance attributes shadowing the class method (a wrapper set by accelerate is kept and restored).
+    """
+    if layer == EMBEDDINGS:
+
+        def feed(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            if args:
+                return (residual, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": residual}
+
+        handle = layers[0].register_forward_pre_hook(feed, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    saved = {i: layers[i].__dict__.get("forward") for i in range(layer + 1)}
+
+    def skip(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states
+
+    def inject(hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return residual
+
+    try:
+        for i in range(layer):
+            layers[i].forward = skip
+        layers[layer].forward = inject
+        yield
+    finally:
+        for i, forward in saved.items():
+            if forward is None:
+                del layers[i].forward
+            else:
+                layers[i].forward = forward
+
+
+def _first_true(mask: Tensor, fallback: Tensor) -> Tensor:
+    """Index of the first True per row; ``fallback`` where a row has none (nothing patched)."""
+    width = mask.shape[1]
+    positions = torch.where(mask, torch.arange(width, device=mask.device), width)
+    first = positions.min(dim=1).values
+    return torch.where(first == width, fallback.to(first.device), first)
+
+
+@dataclass
+class PatchBatch:
+    """Patched copies run together: copy j is pair ``rows[j]`` with clean values at ``masks[j]``."""
+
+    rows: Tensor  # [J]
+    masks: Tensor  # [J, T]
+    start: int  # first recomputed position: positions before it come from the corrupted cache
+    prefix_kv: list[tuple[Tensor, Tensor]]  # per layer, the corrupted keys/values of positions < start
+
+
+def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool) -> PatchBatch:
+    """Gather once per batch of copies what every layer's patched run of it reuses."""
+    start = int(_first_true(masks, runs.answer_pos[rows]).min()) if reuse else 0
+    prefix = [(keys[rows, :, :start], values[rows, :, :start]) for keys, values in runs.corrupted_kv]
+    return PatchBatch(rows, masks, start, prefix if start > 0 else [])
+
+
+def _prefix_cache(batch: PatchBatch, layer: int) -> Any:
+    """A KV cache holding the corrupted prefix; layers up to ``layer`` are skipped, so theirs is a zero-stride
+    placeholder of the right length (the cache's length is read from layer 0)."""
+    cache = _kv_cache()
+    for index, (keys, values) in enumerate(batch.prefix_kv):
+        if index <= layer:
+            keys, values = keys[:, :, :, :1].expand_as(keys), values[:, :, :, :1].expand_as(values)
+        cache.update(keys, values, index)
+    return cache
+
+
+def patched_ld(runs: PairRuns, loaded: LoadedModel, layer: int, batch: PatchBatch) -> Tensor:
+    """LD of a batch of patched copies at ``layer``, recomputing only layers above it and positions from
+    ``batch.start`` on."""
+    rows, start = batch.rows, batch.start
+    answer_pos = runs.answer_pos[rows]
+    clean = runs.clean_resid[layer][rows]
+    residual = torch.where(batch.masks.unsqueeze(-1).to(clean.device), clean, runs.corrupted_resid[layer][rows])
+    cache = _prefix_cache(batch, layer) if start > 0 else None
+    width = runs.attention_mask.shape[1]
+    keep = width - int(answer_pos.min())  # logits only from the earliest answer position on
+    with torch.inference_mode(), start_at(loaded.parts.layers, layer, residual[:, start:]):
+        logits = loaded.model(
+            input_ids=runs.corrupted_ids[rows, start:],
+            attention_mask=runs.attention_mask[rows],
+            position_ids=torch.arange(start, width, device=rows.device).unsqueeze(0),
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=keep,
+        ).logits
+    return answer_ld(logits, answer_pos - (width - keep), runs.answer[rows], runs.foil[rows])
+
+
+def naive_patched_ld(runs: PairRuns, loaded: LoadedModel, layer: int, rows: Tensor, masks: Tensor) -> Tensor:
+    """Reference: a full corrupted forward with layer ``layer``'s output overwritten by a hook."""
+    with (
+        torch.inference_mode(),
+        overwrite(loaded.parts.layers, {layer: (masks, runs.clean_resid[layer][rows])}),
+    ):
+        logits = loaded.model(
+            input_ids=runs.corrupted_ids[rows], attention_mask=runs.attention_mask[rows], use_cache=False
+        ).logits
+    return answer_ld(logits, runs.answer_pos[rows], runs.answer[rows], runs.foil[rows])
+
+
+def sweep(
+    runs: PairRuns,
+    loaded: LoadedModel,
+    rows: Tensor,
+    masks: Tensor,
+    batch_size: int,
+    reuse: bool = True,
+    naive: bool = False,
+) -> Tensor:
+    """LD of every patched copy (``rows[j]``, ``masks[j]``) at every layer: [n_layers + 1, J] float32, row 0
+    being the embeddings (layer -1).
+
+    Copies are ordered by their first patched position, so a batch's shared prefix (reused from the corrupted
+    cache) is as long as possible.
+    """
+    order = torch.argsort(_first_true(masks, runs.answer_pos[rows]), stable=True)
+    layers = sorted(runs.clean_resid)
+    out = torch.empty((len(layers), len(rows)), dtype=torch.float32, device=rows.device)
+    for chunk in torch.split(order, batch_size) if len(order) else ():
+        batch = patch_batch(runs, rows[chunk], masks[chunk], reuse and not naive)
+        for index, layer in enumerate(layers):
+            if naive:
+                out[index, chunk] = naive_patched_ld(runs, loaded, layer, batch.rows, batch.masks)
+            else:
+                out[index, chunk] = patched_ld(runs, loaded, layer, batch)
+    return out

@@ -1,0 +1,93 @@
+"""UMAP embeddings of one layer's activations: 30-d for scores, 2-d for pictures.
+
+UMAP's output depends on row order, so rows are shuffled with a fixed seed before fitting and restored after;
+the neighbour graph is computed once per layer and shared by the 30-d and 2-d fits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kmap.core.settings import known_keys, schema_field
+
+
+@dataclass(frozen=True)
+class UmapParams:
+    n_neighbors: int = schema_field("umap", "n_neighbors")
+    min_dist: float = schema_field("umap", "min_dist")
+    n_components: int = schema_field("umap", "n_components")
+    n_epochs: int = schema_field(
+        "umap", "n_epochs"
+    )  # umap-learn's default for < 10,000 points is 500; 200 is stable on prompt sets
+    seed: int = schema_field("umap", "seed")
+    k_anisotropy: int = schema_field("umap", "k_anisotropy")
+    cv_folds: int = schema_field("umap", "cv_folds")
+    ridge_alpha: float = schema_field("umap", "ridge_alpha")
+    collapse_threshold: float = schema_field("umap", "collapse_threshold")
+    panel_layers: int = schema_field("umap", "panel_layers")
+
+    @classmethod
+    def from_dict(cls, overrides: dict[str, Any] | None) -> UmapParams:
+        return cls(**known_keys(cls, overrides, "umap", "parameter"))
+
+
+def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2)) -> dict[int, np.ndarray]:
+    """Embeddings of ``points`` in each of ``dims`` dimensions, rows in the input order."""
+    import umap
+    from umap.umap_ import nearest_neighbors
+
+    n = len(points)
+    order = np.random.default_rng(params.seed).permutation(n)
+    shuffled = np.ascontiguousarray(points[order], dtype=np.float32)
+    neighbours = min(params.n_neighbors, n - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state" and friends
+        knn_index, knn_dist, _ = nearest_neighbors(
+            shuffled, neighbours, "euclidean", {}, False, np.random.RandomState(params.seed), verbose=False
+        )
+        out = {}
+        for dim in dims:
+            # Spectral initialisation needs more points than dimensions; fall back to random init.
+            init = "spectral" if n > dim + 2 else "random"
+            reducer = umap.UMAP(
+                n_components=min(dim, n - 2),
+                n_neighbors=neighbours,
+                min_dist=params.min_dist,
+                n_epochs=params.n_epochs,
+                random_state=params.seed,
+                init=init,
+                precomputed_knn=(knn_index, knn_dist, None),
+            )
+            fitted = reducer.fit_transform(shuffled)
+            restored = np.empty_like(fitted)
+            restored[order] = fitted
+            out[dim] = restored
+    return out
+
+
+def _embed_one(args: tuple[np.ndarray, UmapParams, tuple[int, ...]]) -> dict[int, np.ndarray]:
+    points, params, dims = args
+    return embed(points, params, dims)
+
+
+def embed_layers(
+    acts: np.ndarray, params: UmapParams, dims: tuple[int, ...], workers: int = 1
+) -> list[dict[int, np.ndarray]]:
+    """``embed`` for every layer of ``acts`` [n_layers, n, d], in ``workers`` processes.
+
+    Processes, not threads: UMAP's numba kernels hold the GIL. Each worker loads umap's compiled kernels from
+    numba's on-disk cache, so the pool pays the JIT cost once per machine, not once per layer. Results do not
+    depend on ``workers`` (each layer's fit is seeded on its own)."""
+    jobs = [(layer, params, dims) for layer in acts]
+    if workers <= 1 or len(jobs) < 3:
+        return [_embed_one(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked torch/numba runtime is not fork-safe.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_embed_one, jobs))
