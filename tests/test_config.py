@@ -32,7 +32,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 def test_defaults_filled() -> None:
     config = _default()
-    del config["activations"]
+    config.pop("activations", None)
     config["models"]["demo"].pop("dtype")
     filled = check_config(config, SCHEMA)
     assert filled["activations"] == {"position": "last", "dtype": "float32", "batch_size": 16}
@@ -58,7 +58,9 @@ BROKEN = [
     (lambda c: c["models"]["tiny-llama"].pop("architecture"), ["models.tiny-llama", "architecture"]),
     (lambda c: c["models"]["demo"].update(colour="red"), ["models.demo", "colour", "known keys"]),
     (lambda c: c["models"].update({"bad name!": {"kind": "demo"}}), ["models", "bad name!"]),
-    (lambda c: c["activations"].update(batch_size=0), ["activations.batch_size", "minimum"]),
+    (lambda c: c.update(activations={"batch_size": 0}), ["activations.batch_size", "minimum"]),
+    # A typo in a training parameter fails at parse, before Snakemake would delete the trained model.
+    (lambda c: c.update(demo={"stepz": 10}), ["demo", "stepz", "known keys"]),
     (lambda c: c["models"]["demo"].update(source="/x"), ["models.demo.source", "remove 'source'"]),
 ]
 
@@ -121,3 +123,44 @@ def test_model_specs_place_built_models_under_results() -> None:
     specs = model_specs(config)
     assert specs["demo"].source == "results/models/demo"
     assert specs["tiny-gemma3"].architecture == "gemma3"
+
+
+SETTINGS = {
+    "activations": "kmap.activations.cache.ActivationSettings",
+    "umap": "kmap.methods.umap.embedding.UmapParams",
+    "saliency": "kmap.methods.saliency.settings.SaliencySettings",
+    "ablation": "kmap.methods.ablation.settings.AblationSettings",
+    "judge": "kmap.methods.ablation.judge.JudgeSettings",
+    "patching": "kmap.methods.patching.settings.PatchingSettings",
+    "map": "kmap.maps.curves.MapSettings",
+    "gpu": "kmap.core.gpu_plan.GpuSettings",
+    "demo": "kmap.offline.demo_train.DemoParams",
+}
+
+
+@pytest.mark.parametrize("section", sorted(SETTINGS))
+def test_settings_dataclasses_take_their_defaults_from_the_schema(section: str) -> None:
+    """One home for defaults: a dataclass built without arguments equals the section validation fills in."""
+    import dataclasses
+    import importlib
+
+    module, name = SETTINGS[section].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    filled = check_config({"models": {"d": {"kind": "demo"}}, "domains": ["age"]}, SCHEMA)[section]
+    assert {f.name for f in dataclasses.fields(cls)} == set(filled), section
+    assert dataclasses.asdict(cls()) == {k: (tuple(v) if k == "layers" and v else v) for k, v in filled.items()}
+
+
+def test_config_readme_is_generated_from_the_schema(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    check = [sys.executable, str(REPO / "tools" / "config_docs.py"), "--check"]
+    assert subprocess.run(check, capture_output=True).returncode == 0, "run python tools/config_docs.py"
+    readme = (REPO / "config" / "README.md").read_text()
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for section in ("umap", "patching", "map", "demo", "figures"):
+        for key, prop in schema["properties"][section]["properties"].items():
+            assert f"| `{section}.{key}` |" in readme, (section, key)
+            if "default" in prop and not isinstance(prop["default"], dict | str):
+                assert json.dumps(prop["default"]) in readme.split(f"| `{section}.{key}` |")[1].split("\n")[0]
