@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
 
 from kmap.activations.cache import ActivationSettings, extract  # noqa: E402
 from kmap.core.models import encode, load_model  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
 
 from kmap.core.models import LoadedModel, load_model  # noqa: E402
 from kmap.core.spec import ModelSpec  # noqa: E402

@@ -35,7 +35,7 @@ from kmap.methods.ablation.generate import (
 )
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
 from kmap.methods.ablation.summary import summarise
-from tests.workflow import run_entry
+from tests.workflow import ablation_summary_job, run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -262,18 +262,7 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
     assert record["generated_tokens"] == int(responses["n_tokens"].sum())
     assert record["settings"]["settings"]["max_new_tokens"] == 3 and record["greedy_mismatches"] == 0
     assert record["model"]["resolved_revision"].startswith("sha256:") and len(record["prompt_sha256"]) == 64
-    summary = SimpleNamespace(
-        input=SimpleNamespace(responses=job.output.responses, judge=str(tmp_path / "judge.parquet")),
-        output=SimpleNamespace(
-            **{n: str(out / f"{n}.parquet") for n in ("metrics", "replicates", "judge_metrics", "judge_replicates")},
-            **{f"{f}_{s}": str(out / f"{f}.{s}") for f in ("curves", "judge_curves") for s in ("png", "pdf")},
-        ),
-        log=[str(tmp_path / "summary.log")],
-        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
-        wildcards=job.wildcards,
-        threads=1,
-        resources=SimpleNamespace(),
-    )
+    summary = ablation_summary_job(job.output.responses, str(tmp_path / "judge.parquet"), out, job.wildcards)
     skipped = responses[responses["layer"] >= 0][["prompt_id", "layer"]].assign(score=np.nan, status="skipped")
     skipped.to_parquet(summary.input.judge)
     run_entry("ablation_summary.py", summary)

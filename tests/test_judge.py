@@ -35,7 +35,7 @@ from kmap.methods.ablation.judge import (
 )
 from kmap.methods.ablation.summary import summarise_verdicts
 from tests.judge_server import JudgeServer, default_answer
-from tests.workflow import run_entry
+from tests.workflow import ablation_summary_job, run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "KMAP_TEST_JUDGE_KEY"
@@ -374,20 +374,6 @@ def test_entry_script_without_key_succeeds_skipped(tmp_path: Path, monkeypatch: 
     assert read_provenance(job.output.judge)["skipped"].startswith("no API key")
 
 
-def _summary_job(judge_job: SimpleNamespace) -> SimpleNamespace:
-    """The ablation_summary job reading a judge job's inputs and output."""
+def _summary_job(judge_job: SimpleNamespace) -> object:
     out = Path(judge_job.output.judge).parent / "summary"
-    names = ("metrics", "replicates", "judge_metrics", "judge_replicates")
-    figures = ("curves", "judge_curves")
-    return SimpleNamespace(
-        input=SimpleNamespace(responses=judge_job.input.responses, judge=judge_job.output.judge),
-        output=SimpleNamespace(
-            **{n: str(out / f"{n}.parquet") for n in names},
-            **{f"{f}_{s}": str(out / f"{f}.{s}") for f in figures for s in ("png", "pdf")},
-        ),
-        log=[str(out / "summary.log")],
-        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
-        wildcards=judge_job.wildcards,
-        threads=1,
-        resources=SimpleNamespace(),
-    )
+    return ablation_summary_job(judge_job.input.responses, judge_job.output.judge, out, judge_job.wildcards)

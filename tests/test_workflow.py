@@ -266,9 +266,10 @@ def test_every_output_carries_provenance(ran: Path) -> None:
             record = read_provenance(path)
         assert record, f"{path} carries no provenance"
         assert record["code_version"] and record["rule"] and record["settings"] is not None, path
-        if len(parts) >= 3 and parts[0] not in ("summary",):
+        if parts[0] != "summary":  # per-model outputs: the model, and the weights' revision once built
             model = record.get("model") or {}
             assert model.get("name") == parts[1] and "resolved_revision" in model, path
+            assert parts[0] in ("models", "demo") or model["resolved_revision"].startswith("sha256:"), path
         if parts[0] in ("activations", "umap", "saliency", "ablation", "patching"):
             assert len(record["prompt_sha256"]) == 64, path
         checked += 1

@@ -93,3 +93,22 @@ def run_entry(script: str, job: object) -> None:
             sys.stderr.close()
         sys.stderr = stderr
         logging.getLogger().handlers[:] = handlers
+
+
+def ablation_summary_job(responses: str, judge: str, out: Path, wildcards: object) -> object:
+    """A stand-in ``snakemake`` object of the ablation_summary rule reading ``responses`` and ``judge``."""
+    from types import SimpleNamespace
+
+    names = ("metrics", "replicates", "judge_metrics", "judge_replicates")
+    return SimpleNamespace(
+        input=SimpleNamespace(responses=responses, judge=judge),
+        output=SimpleNamespace(
+            **{n: str(out / f"{n}.parquet") for n in names},
+            **{f"{f}_{s}": str(out / f"{f}.{s}") for f in ("curves", "judge_curves") for s in ("png", "pdf")},
+        ),
+        log=[str(out / "summary.log")],
+        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
+        wildcards=wildcards,
+        threads=1,
+        resources=SimpleNamespace(),
+    )

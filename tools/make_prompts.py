@@ -13,7 +13,7 @@ import io
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
 
 from kmap.data.generation import PROMPT_BUILDERS, build_pairs, build_prompts  # noqa: E402
 from kmap.data.knowledge import load_knowledge  # noqa: E402

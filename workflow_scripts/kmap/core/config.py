@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from kmap.core.io import load_yaml
 from kmap.core.spec import ModelSpec
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
@@ -115,7 +115,7 @@ def _model_problems(name: str, entry: dict[str, Any], methods: list[str]) -> lis
 
 def check_config(config: dict[str, Any], schema_path: str | Path, source: str = "the config") -> dict[str, Any]:
     """Validate ``config``; return it with defaults filled, or raise ConfigError listing every problem."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_yaml(Path(schema_path))
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [_describe(error) for error in errors]

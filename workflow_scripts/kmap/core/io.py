@@ -74,3 +74,11 @@ def stable_hash(obj: Any) -> str:
     """Short hash of a JSON-serialisable object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file, parsed by libyaml where available (the Snakefile parse reads several on every start)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader

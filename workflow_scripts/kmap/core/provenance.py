@@ -77,10 +77,17 @@ def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path) -> set[str]:
+def _imported_modules(path: Path) -> frozenset[str]:
     """kmap modules imported anywhere in ``path`` (top level and inside functions)."""
+    stat = path.stat()
+    return _parse_imports(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_imports(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Parsed once per file version: the Snakefile asks for the closure of every rule's script."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "kmap")
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -89,7 +96,7 @@ def _imported_modules(path: Path) -> set[str]:
             found.add(node.module)
             # ``from kmap.core import io`` imports the submodule kmap.core.io
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def import_closure(script: str | Path, root: Path = PACKAGE_DIR) -> list[Path]:
@@ -113,9 +120,15 @@ def code_version(script: str | Path, root: Path = PACKAGE_DIR) -> str:
     script = Path(script)
     digest = hashlib.sha256(script.read_bytes())
     for source in import_closure(script, root):
+        stat = source.stat()
         digest.update(str(source.relative_to(root)).encode())
-        digest.update(source.read_bytes())
+        digest.update(_file_digest(str(source), stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=512)
+def _file_digest(path: str, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 # --- reading provenance back ---------------------------------------------------------------------------------

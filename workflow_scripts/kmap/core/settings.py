@@ -14,14 +14,14 @@ from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kmap.core.io import load_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
 
 
 @functools.cache
 def schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return load_yaml(SCHEMA_PATH)
 
 
 def default(section: str, key: str) -> Any:

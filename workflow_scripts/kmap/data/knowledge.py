@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kmap.core.io import load_yaml
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -180,7 +180,7 @@ def _problems(kb: Knowledge) -> list[str]:
 def load_knowledge(path: str | Path) -> Knowledge:
     path = Path(path)
     try:
-        kb = _parse(yaml.safe_load(path.read_text(encoding="utf-8")))
+        kb = _parse(load_yaml(path))
     except (KeyError, TypeError, ValueError) as error:
         raise KnowledgeError(f"{path}: malformed entry ({error!r}); compare with the shipped file") from error
     problems = _problems(kb)

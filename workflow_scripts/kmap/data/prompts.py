@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from kmap.core.io import file_sha256
+from kmap.core.io import file_sha256, load_yaml
 from kmap.data.knowledge import Knowledge, load_knowledge, split_words
 
 
@@ -42,7 +41,7 @@ class PairSet:
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return load_yaml(Path(path))
 
 
 @lru_cache(maxsize=8)
