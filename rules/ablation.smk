@@ -2,7 +2,11 @@
 # the judge-free per-pair values on the GPU (ablation_generate), the LLM judge on a CPU (ablation_judge), the
 # bootstrap summaries and figures on a CPU (ablation_summary).
 from kmap.methods.ablation.judge import JudgeSettings
-from kmap.methods.ablation.settings import runtime_min, settings_from_config, value_params
+from kmap.methods.ablation.settings import (
+    runtime_min,
+    settings_from_config,
+    value_params,
+)
 
 ABLATION = settings_from_config(config["ablation"])
 

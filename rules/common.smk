@@ -79,7 +79,9 @@ def make_plans():
         arch = config_snapshot(spec, snapshots) if spec.kind == "hf" else None
         for stage in STAGES:
             plans[name, stage] = (
-                plan(spec, arch, stage, settings, counts) if arch else cpu_plan(spec, stage)
+                plan(spec, arch, stage, settings, counts)
+                if arch
+                else cpu_plan(spec, stage)
             )
     return plans
 

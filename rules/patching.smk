@@ -25,7 +25,7 @@ rule patching:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
         settings=without_batch_size("patching"),
-        prompts_dir=PROMPTS,
+        prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
         max_memory=max_memory("forward"),
         code=code("patching"),
     script:
