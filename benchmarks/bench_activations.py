@@ -18,7 +18,8 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
 
-from kmap.activations.cache import ActivationSettings, extract  # noqa: E402
+from kmap.activations.cache import ActivationSettings  # noqa: E402
+from kmap.activations.extract import extract  # noqa: E402
 from kmap.core.models import encode, load_model  # noqa: E402
 from kmap.core.spec import ModelSpec  # noqa: E402
 from kmap.data.prompts import load_prompt_set  # noqa: E402

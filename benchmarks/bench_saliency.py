@@ -29,6 +29,7 @@ from kmap.core.tokens import continuation  # noqa: E402
 from kmap.data.prompts import load_prompt_set  # noqa: E402
 from kmap.methods.saliency.measure import run_saliency, target_loss  # noqa: E402
 from kmap.methods.saliency.settings import SaliencySettings  # noqa: E402
+from kmap.methods.saliency.summary import per_prompt  # noqa: E402
 
 
 def plain_saliency(loaded: LoadedModel, texts: list[str], targets: list[str]) -> np.ndarray:
@@ -70,7 +71,7 @@ def main() -> None:
     loaded = load_model(ModelSpec(name="bench", kind="hf", source=args.model, dtype="float32"))
     frame = load_prompt_set(args.domain, Path(args.prompts)).frame.head(args.prompts_n)
     texts, targets = frame["text"].tolist(), frame["target"].tolist()
-    kmap_values = run_saliency(loaded, frame, SaliencySettings()).per_prompt()["saliency_combined"]
+    kmap_values = per_prompt(run_saliency(loaded, frame, SaliencySettings()))["saliency_combined"]
     plain_values = plain_saliency(loaded, texts, targets)
     difference = float(np.max(np.abs(kmap_values - plain_values) / np.abs(plain_values)))
     sides = {

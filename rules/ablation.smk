@@ -1,12 +1,9 @@
 # Method 3, layer ablation, in three rules so that no GPU waits on a network or on statistics: generation and
 # the judge-free per-pair values on the GPU (ablation_generate), the LLM judge on a CPU (ablation_judge), the
 # bootstrap summaries and figures on a CPU (ablation_summary).
+from kmap.core.gpu_plan import ablation_runtime_min
 from kmap.methods.ablation.judge import JudgeSettings
-from kmap.methods.ablation.settings import (
-    runtime_min,
-    settings_from_config,
-    value_params,
-)
+from kmap.methods.ablation.settings import settings_from_config, value_params
 
 ABLATION = settings_from_config(config["ablation"])
 
@@ -28,7 +25,7 @@ rule ablation_generate:
         gpu=planned("forward", "gpus"),
         mem_mb=planned("forward", "mem_mb"),
         # The forward plan's budget plus decoding time; the prompt count is read from the prompt file.
-        runtime=lambda w: runtime_min(
+        runtime=lambda w: ablation_runtime_min(
             PLANS[w.model, "forward"].runtime_min,
             PLANS[w.model, "forward"].n_params,
             SPECS[w.model].n_layers if PLANS[w.model, "forward"].gpus else None,

@@ -10,14 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kmap.activations.cache import (
-    ActivationSettings,
-    NonFiniteActivations,
-    concept_mask,
-    extract,
-    read_cache,
-    write_cache,
-)
+from kmap.activations.cache import ActivationSettings, NonFiniteActivations, read_cache, write_cache
+from kmap.activations.extract import concept_mask, extract
 from kmap.core.models import LoadedModel, encode
 
 TEXTS = [

@@ -14,7 +14,8 @@ from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
-from kmap.activations.cache import ActivationSettings, extract
+from kmap.activations.cache import ActivationSettings
+from kmap.activations.extract import extract
 from kmap.core.models import LoadedModel, load_model
 from kmap.core.spec import ModelSpec
 from kmap.data.knowledge import load_knowledge, vocabulary

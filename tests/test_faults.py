@@ -142,7 +142,7 @@ def test_stale_inputs_rerun_dependents_and_say_why(work: Path) -> None:
     snakemake(work, "--configfile", "config/test.yaml")
     assert _plan(work) == {}
     # A code change in the activation module reruns the cache and everything downstream, with the reason.
-    module = work / "workflow_scripts" / "kmap" / "activations.py"
+    module = work / "workflow_scripts" / "kmap" / "activations" / "cache.py"
     source = module.read_text()
     module.write_text(source + "\n# a change\n")
     result = snakemake(work, "-n", "--configfile", "config/test.yaml")

@@ -17,7 +17,7 @@ from kmap.core.stats import bootstrap_indices
 from kmap.core.tokens import continuation
 from kmap.methods.saliency.measure import experts_of, gradient_sums, measured_parameters, run_saliency
 from kmap.methods.saliency.settings import METRICS, SaliencySettings
-from kmap.methods.saliency.summary import summarise
+from kmap.methods.saliency.summary import per_prompt, summarise
 
 PROMPTS = pd.DataFrame(
     {
@@ -78,17 +78,17 @@ def direct_saliency(model: LoadedModel, text: str, target: str) -> np.ndarray:
 
 def test_saliency_equals_direct_autograd(tiny: LoadedModel) -> None:
     run = run_saliency(tiny, PROMPTS, SaliencySettings())
-    per_prompt = run.per_prompt()
+    values = per_prompt(run)
     for row, (text, target) in enumerate(zip(PROMPTS["text"], PROMPTS["target"], strict=True)):
         expected = direct_saliency(tiny, text, target)
-        np.testing.assert_allclose(per_prompt["saliency_attention"][row], expected[:, 0], rtol=1e-5)
-        np.testing.assert_allclose(per_prompt["saliency_mlp"][row], expected[:, 1], rtol=1e-5)
+        np.testing.assert_allclose(values["saliency_attention"][row], expected[:, 0], rtol=1e-5)
+        np.testing.assert_allclose(values["saliency_mlp"][row], expected[:, 1], rtol=1e-5)
     # Combined: the parameter-weighted mean of the two parts.
     weights = run.counts[0]
-    combined = (per_prompt["saliency_attention"][0] * weights[:, 0] + per_prompt["saliency_mlp"][0] * weights[:, 1]) / (
+    combined = (values["saliency_attention"][0] * weights[:, 0] + values["saliency_mlp"][0] * weights[:, 1]) / (
         weights.sum(axis=1)
     )
-    np.testing.assert_allclose(per_prompt["saliency_combined"][0], combined, rtol=1e-12)
+    np.testing.assert_allclose(values["saliency_combined"][0], combined, rtol=1e-12)
     assert np.all(run.losses > 0)
 
 
@@ -123,7 +123,7 @@ def test_only_routed_experts_count(moe: LoadedModel) -> None:
     assert run.counts[0, 0, 1] == dense + 2 * sum(p[0].numel() for p in stacked)
     assert run.counts[0, 1, 1] > run.counts[0, 0, 1]  # layer 1 routes freely: more experts take part
     expected = direct_saliency(model, PROMPTS["text"][0], PROMPTS["target"][0])
-    np.testing.assert_allclose(run.per_prompt()["saliency_mlp"][0], expected[:, 1], rtol=1e-5)
+    np.testing.assert_allclose(per_prompt(run)["saliency_mlp"][0], expected[:, 1], rtol=1e-5)
 
 
 def test_dead_layer_has_lower_saliency_than_its_neighbours(tiny: LoadedModel) -> None:

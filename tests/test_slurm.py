@@ -105,7 +105,7 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
     gpu_jobs = [p.stem for p in job_logs if "/rule_patching/" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
-    cpu_rules = ("tiny_model", "umap", "intervals", "knowledge_map", "cross_model")
+    cpu_rules = ("tiny_model", "umap", "patching_summary", "intervals", "knowledge_map", "cross_model")
     for rule in cpu_rules:
         cpu_jobs = [p.stem for p in job_logs if f"/rule_{rule}/" in str(p)]
         assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), (rule, listed)

@@ -1,6 +1,7 @@
 """Rule activations (GPU for hub models): cache residual-stream activations of one (model, domain)."""
 
-from kmap.activations.cache import ActivationSettings, extract, write_cache
+from kmap.activations.cache import ActivationSettings, write_cache
+from kmap.activations.extract import extract
 from kmap.core.job import Job
 from kmap.core.models import load_for_job
 from kmap.data.prompts import load_prompt_set

@@ -12,7 +12,8 @@ from kmap.offline.demo_train import DemoParams, default_cache_dir, train_demo_mo
 
 def main(job: Job) -> None:
     out = job.smk.output
-    params = DemoParams.from_dict({"torch_threads": job.smk.threads, **job.params["demo"]})
+    # The job trains with the threads it was given (the schema default is for runs by hand).
+    params = DemoParams.from_dict({**job.params["demo"], "torch_threads": job.smk.threads})
     metrics = train_demo_model(
         job.smk.input.knowledge,
         params,

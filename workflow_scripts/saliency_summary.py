@@ -5,8 +5,7 @@ import pandas as pd
 from kmap.core.figures import curve_figure
 from kmap.core.job import Job
 from kmap.core.tables import REPLICATE_COLUMNS
-from kmap.methods.saliency.settings import SaliencyRun
-from kmap.methods.saliency.summary import summarise
+from kmap.methods.saliency.summary import run_from_table, summarise
 
 CAPTION = (
     "Mean |∂loss/∂w| over each layer's attention and MLP parameters (combined: parameter-weighted), "
@@ -17,7 +16,7 @@ CAPTION = (
 
 def main(job: Job) -> None:
     out, bootstrap = job.smk.output, job.params["bootstrap"]
-    run = SaliencyRun.from_table(pd.read_parquet(job.smk.input.raw))
+    run = run_from_table(pd.read_parquet(job.smk.input.raw))
     metrics, replicates = summarise(run, job.model, job.domain, bootstrap["n"], bootstrap["seed"])
     job.write_table(metrics, out.metrics)
     job.write_table(replicates, out.replicates, REPLICATE_COLUMNS)

@@ -1,16 +1,17 @@
-"""The activation cache: residual-stream activations at the concept position, every layer, one pass.
+"""The activation cache's files: written by rule activations (``kmap.activations.extract`` measures), read by
+every geometry metric instead of rerunning the model; no model code here, so the CPU rules reading the cache
+never depend on it.
 
-One forward per batch records the embedding output (layer -1) and every decoder layer's output at the
-concept position of each prompt. The cache for a (model, domain) is one safetensors file holding a
-[n_layers + 1, n_prompts, hidden] tensor, a Parquet table of the prompts (ids and labels, row-aligned with the
-tensor), and a provenance JSON; every metric reads it instead of rerunning the model.
+The cache for a (model, domain) is one safetensors file holding a [n_layers + 1, n_prompts, hidden] tensor
+(layer -1: the embeddings), a Parquet table of the prompts (ids and labels, row-aligned with the tensor), and
+a provenance JSON.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from kmap.core.hooks import capture, gather_rows, last_token_index, masked_mean
 from kmap.core.io import atomic_output, write_json_atomic
-from kmap.core.models import LoadedModel, encode
 from kmap.core.provenance import KEY, to_json
 from kmap.core.settings import schema_field
 from kmap.core.tables import EMBEDDINGS, write_frame
@@ -49,64 +48,6 @@ class ActivationSettings:
             raise ValueError(f"activations.position must be 'last' or 'concept_mean', not {self.position!r}")
         if self.dtype not in STORAGE_DTYPES:
             raise ValueError(f"activations.dtype must be one of {sorted(STORAGE_DTYPES)}, not {self.dtype!r}")
-
-
-def concept_mask(offsets: Tensor, attention_mask: Tensor, texts: Sequence[str], concepts: Sequence[str]) -> Tensor:
-    """Tokens whose character span overlaps the first occurrence of each row's concept: [B, T] bool.
-
-    Falls back to the last real token where the concept is not found, so a row is never empty.
-    """
-    mask = torch.zeros(attention_mask.shape, dtype=torch.bool)
-    last = last_token_index(attention_mask)
-    for row, (text, concept) in enumerate(zip(texts, concepts, strict=True)):
-        start = text.lower().find(concept.lower()) if concept else -1
-        if start >= 0:
-            end = start + len(concept)
-            spans = offsets[row]
-            overlap = (spans[:, 0] < end) & (spans[:, 1] > start) & (spans[:, 1] > spans[:, 0])
-            mask[row] = overlap & attention_mask[row].bool().cpu()
-        if not mask[row].any():
-            mask[row, last[row]] = True
-    return mask
-
-
-def _reducer(batch: dict[str, Tensor], texts: Sequence[str], concepts: Sequence[str] | None, position: str):
-    if position == "last":
-        index = last_token_index(batch["attention_mask"])
-        return lambda hidden: gather_rows(hidden, index).float()
-    if concepts is None:
-        raise ValueError("activations.position 'concept_mean' needs a concept per prompt")
-    mask = concept_mask(batch["offset_mapping"].cpu(), batch["attention_mask"].cpu(), texts, concepts)
-    return lambda hidden: masked_mean(hidden, mask).float()
-
-
-def extract(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    settings: ActivationSettings,
-    concepts: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[Tensor, np.ndarray]:
-    """Activations [n_layers + 1, n_prompts, hidden] (float32, on CPU) and token counts per prompt."""
-    layers = loaded.parts.layers
-    n_layers = len(layers)
-    out = torch.empty((n_layers + 1, len(texts), loaded.hidden_size), dtype=torch.float32)
-    n_tokens = np.zeros(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), settings.batch_size):
-        stop = min(start + settings.batch_size, len(texts))
-        chunk = list(texts[start:stop])
-        batch = encode(loaded.tokenizer, chunk, loaded.device)
-        reduce = _reducer(batch, chunk, concepts[start:stop] if concepts is not None else None, settings.position)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        with torch.inference_mode(), capture(layers, reduce) as captured:
-            # The base model skips the LM head: its logits are not needed here.
-            loaded.parts.base(**inputs, use_cache=False)
-        for index, value in captured.items():
-            out[index - EMBEDDINGS, start:stop] = value.cpu()
-        n_tokens[start:stop] = batch["attention_mask"].sum(dim=1).cpu().numpy()
-        if progress is not None:
-            progress(stop, len(texts))
-    return out, n_tokens
 
 
 def check_finite(acts: Tensor, prompt_ids: Sequence[str]) -> None:

@@ -1,7 +1,7 @@
 """Figures shared by the methods: how every figure is saved, and metric-vs-layer curves with CI bands.
 
-A job sets the figure settings (``figures`` config section) and its provenance once with ``configure``; every
-figure is then saved as PNG and PDF with that provenance embedded (a PNG text chunk and the PDF's Keywords).
+Every figure is saved as PNG and PDF with the running job's figure settings (``figures`` config section) and
+its provenance embedded (a PNG text chunk and the PDF's Keywords).
 """
 
 from __future__ import annotations
@@ -20,30 +20,40 @@ import pandas as pd  # noqa: E402
 from kmap.core.io import atomic_output  # noqa: E402
 from kmap.core.provenance import KEY, to_json  # noqa: E402
 
-# One job draws with one set of figure settings and one provenance record (see ``configure``).
+# Outside a job (tests, notebooks) figures use these settings and carry no provenance unless configured.
 _SETTINGS: dict[str, Any] = {"dpi": 150}
 _PROVENANCE: dict[str, Any] | None = None
 
 
 def configure(settings: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None) -> None:
-    """Figure settings (``dpi``) and the provenance embedded in every figure saved afterwards."""
+    """Figure settings (``dpi``) and provenance for figures saved outside a job."""
     global _PROVENANCE
     _SETTINGS.update(settings or {})
     _PROVENANCE = dict(provenance) if provenance is not None else None
 
 
-def _metadata(fmt: str) -> dict[str, str]:
-    if _PROVENANCE is None:
+def _context() -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The running job's figure settings and provenance (``kmap.core.job.CURRENT``), else ``configure``'s."""
+    from kmap.core import job
+
+    if job.CURRENT is not None:
+        return {**_SETTINGS, **job.CURRENT.params.get("figures", {})}, job.CURRENT.provenance
+    return _SETTINGS, _PROVENANCE
+
+
+def _metadata(fmt: str, provenance: dict[str, Any] | None) -> dict[str, str]:
+    if provenance is None:
         return {}
-    text = to_json(_PROVENANCE)
+    text = to_json(provenance)
     return {KEY: text} if fmt == "png" else {"Subject": KEY, "Keywords": text}
 
 
 def save(fig: plt.Figure, png: str | Path, pdf: str | Path) -> None:
+    settings, provenance = _context()
     for path in (png, pdf):
         fmt = Path(path).suffix.lstrip(".")
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=_SETTINGS["dpi"], bbox_inches="tight", metadata=_metadata(fmt))
+            fig.savefig(tmp, format=fmt, dpi=settings["dpi"], bbox_inches="tight", metadata=_metadata(fmt, provenance))
     plt.close(fig)
 
 

@@ -197,3 +197,13 @@ def plan(spec: ModelSpec, arch: dict[str, Any], stage: str, gpu: GpuSettings, ca
 def cpu_plan(spec: ModelSpec, stage: str) -> GpuPlan:
     """Demo and tiny models: no GPU, small host memory."""
     return GpuPlan(spec.name, stage, 0, 0.0, 0, 0.0, 4000, 1, 30)
+
+
+def ablation_runtime_min(base_min: int, n_params: int, n_layers: int | None, n_prompts: int, settings: Any) -> int:
+    """Wall-time budget: a model's forward budget plus greedy decoding, (L + 1) generations of
+    max_new_tokens steps per batch at a rough 20 ms + 1 ms per billion parameters per step (profiles can
+    override it with set-resources)."""
+    if n_layers is None:
+        return base_min
+    steps = (n_layers + 1) * -(-n_prompts // settings.batch_size) * settings.max_new_tokens
+    return base_min + math.ceil(1.5 * steps * (0.02 + n_params / 1e12) / 60)

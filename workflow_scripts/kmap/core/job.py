@@ -19,17 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-from kmap.core import figures
 from kmap.core.io import atomic_output, file_sha256, write_json_atomic, write_text_atomic
 from kmap.core.provenance import DIRECTORY_FILE, read_provenance, record, sidecar
 from kmap.core.tables import METRIC_COLUMNS, write_frame, write_table
 
+# The job this process runs (one per entry-script process), read by kmap.core.figures.
+CURRENT: Job | None = None
 # Params that locate things rather than shape values: kept out of the recorded settings.
 NOT_SETTINGS = ("code", "model", "max_memory", "prompts_dir", "cache_dir")
 # Inputs whose content is the prompt set (hashed into every record).
 PROMPT_INPUTS = ("prompts", "pairs", "knowledge")
 # Facts carried over from inputs' provenance.
-UPSTREAM_KEYS = ("model", "prompt_sha256", "code_version", "rule")
+UPSTREAM_KEYS = ("rule", "domain", "model", "prompt_sha256", "settings", "n_layers", "code_version")
 
 
 def setup_logging(log_path: str | Path | None, threads: int = 1) -> logging.Logger:
@@ -70,8 +71,8 @@ class Job:
         self.smk = smk
         self.log = setup_logging(smk.log[0] if len(smk.log) else None, smk.threads)
         self.wildcards: dict[str, str] = dict(_items(smk.wildcards))
-        self.extra: dict[str, Any] = {}
-        figures.configure(self.params.get("figures"), self.provenance)
+        global CURRENT
+        CURRENT = self  # figures saved during this job embed its provenance (kmap.core.figures)
 
     # --- what the job is --------------------------------------------------------------------------------
 
@@ -132,8 +133,8 @@ class Job:
         prompts = {name: file_sha256(path) for name in PROMPT_INPUTS for path in self._inputs(name)}
         if prompts:
             fields["prompt_sha256"] = prompts if len(prompts) > 1 else next(iter(prompts.values()))
-        elif len({_key(u.get("prompt_sha256")) for u in upstream.values()}) == 1:
-            fields["prompt_sha256"] = next(iter(upstream.values())).get("prompt_sha256")
+        elif upstream:
+            fields["prompt_sha256"] = _merged_hashes(upstream.values())
         if upstream:
             fields["upstream"] = upstream
         return record(**fields)
@@ -141,7 +142,6 @@ class Job:
     def note(self, **facts: Any) -> None:
         """Add run facts (load time, devices, tokens/s) to the record of every output written afterwards."""
         self.provenance.update(facts)
-        figures.configure(None, self.provenance)
 
     def _inputs(self, name: str) -> list[str]:
         value = getattr(self.smk.input, name, None)
@@ -180,6 +180,18 @@ class Job:
         with atomic_output(path, directory=True) as tmp:
             yield tmp
             write_json_atomic(tmp / DIRECTORY_FILE, self.provenance)
+
+
+def _merged_hashes(records: Any) -> str | dict[str, str]:
+    """The prompt-set hash of a summary: the one its inputs share, else one per domain."""
+    hashes: dict[str, str] = {}
+    for carried in records:
+        value = carried.get("prompt_sha256")
+        if isinstance(value, dict):
+            hashes.update(value)
+        elif value:
+            hashes[str(carried.get("domain", "?"))] = value
+    return next(iter(hashes.values())) if len(set(hashes.values())) == 1 else hashes
 
 
 def _items(named: Any) -> list[tuple[str, Any]]:

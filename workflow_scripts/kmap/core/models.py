@@ -193,5 +193,11 @@ def load_for_job(job: Any, spec: ModelSpec | None = None) -> LoadedModel:
     require_devices(int(job.smk.resources.gpu))
     loaded = load_model(spec or job.spec(), max_memory=job.params.get("max_memory") or None)
     job.log.info("model %s loaded in %.1f s", loaded.spec.name, loaded.load_seconds)
-    job.note(devices=devices, load_seconds=round(loaded.load_seconds, 2), n_layers=loaded.n_layers)
+    # The spec as loaded (saliency loads quantized checkpoints dequantized).
+    job.note(
+        model=loaded.spec.provenance(),
+        devices=devices,
+        load_seconds=round(loaded.load_seconds, 2),
+        n_layers=loaded.n_layers,
+    )
     return loaded

@@ -266,6 +266,19 @@ def plot_curve(curve: list[dict[str, float]], png: Path, pdf: Path) -> None:
     save(fig, png, pdf)
 
 
+# Libraries whose versions can change the trained weights (initialisation, masking, tokenizer, kernels).
+LIBRARIES = ("torch", "numpy", "transformers", "tokenizers", "accelerate", "safetensors")
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return f"{name} missing"
+
+
 def cache_key(knowledge_path: str | Path, params: DemoParams) -> str:
     """Everything that decides the trained weights: the knowledge base, the parameters, the training code
     (this module's import closure) and the numeric libraries' versions."""
@@ -279,7 +292,7 @@ def cache_key(knowledge_path: str | Path, params: DemoParams) -> str:
             "knowledge": file_sha256(knowledge_path),
             "params": asdict(params),
             "code": code_version(Path(__file__)),
-            "versions": [torch.__version__, np.__version__, platform.python_version()],
+            "versions": [platform.python_version(), *(_version(name) for name in LIBRARIES)],
         }
     )
 
@@ -334,13 +347,35 @@ def train_demo_model(
         if provenance is not None:
             (tmp / DIRECTORY_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
     if cached is not None and source is None:
-        with atomic_output(cached, directory=True) as tmp:
-            shutil.copytree(out_dir, tmp / "model", ignore=shutil.ignore_patterns(DIRECTORY_FILE))
-            pd.DataFrame(curve).to_csv(tmp / "training_curve.csv", index=False)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        _store(cached, Path(out_dir), curve, metrics)
         log.info("demo model cached in %s", cached)
     write_frame(pd.DataFrame(curve), results / "training_curve.csv", provenance)
     plot_curve(curve, results / "training_curve.png", results / "training_curve.pdf")
     write_json_atomic(results / "metrics.json", {**metrics, "provenance": provenance} if provenance else metrics)
     log.info("demo model written to %s, results to %s", out_dir, results)
     return metrics
+
+
+def _store(cached: Path, model_dir: Path, curve: list[dict[str, float]], metrics: dict[str, Any]) -> None:
+    """Put a trained model into the shared cache: built in a unique temporary directory and renamed into place
+    in one step, so concurrent writers never see (or delete) each other's partial copies; the first wins."""
+    import contextlib
+    import os
+    import shutil
+    import tempfile
+
+    import pandas as pd
+
+    from kmap.core.provenance import DIRECTORY_FILE
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    try:
+        shutil.copytree(model_dir, tmp / "model", ignore=shutil.ignore_patterns(DIRECTORY_FILE))
+        pd.DataFrame(curve).to_csv(tmp / "training_curve.csv", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        # Another job may have cached the same key first: theirs is identical, so keep it.
+        with contextlib.suppress(OSError):
+            os.rename(tmp, cached)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +42,3 @@ def settings_from_config(section: dict[str, Any] | None) -> AblationSettings:
 def value_params(settings: AblationSettings) -> dict[str, Any]:
     """The settings that change results, for a rule's params (batch_size is a resource: it never does)."""
     return {"max_new_tokens": settings.max_new_tokens, "layers": settings.layers}
-
-
-def runtime_min(base_min: int, n_params: int, n_layers: int | None, n_prompts: int, settings: AblationSettings) -> int:
-    """Wall-time budget: a model's forward budget plus greedy decoding, (L + 1) generations of
-    max_new_tokens steps per batch at a rough 20 ms + 1 ms per billion parameters per step (profiles can
-    override it with set-resources)."""
-    if n_layers is None:
-        return base_min
-    steps = (n_layers + 1) * -(-n_prompts // settings.batch_size) * settings.max_new_tokens
-    return base_min + math.ceil(1.5 * steps * (0.02 + n_params / 1e12) / 60)

@@ -69,9 +69,6 @@ def summarise_verdicts(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean judge score per layer with bootstrap CIs over prompts (missing scores left out, counted in
     ``note``). Empty tables when the judge was skipped, so the map falls back to a judge-free metric."""
-    from kmap.methods.saliency.settings import METHOD
-    from kmap.methods.saliency.summary import summarise
-
     if (table["status"] == "skipped").all():
         return pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(REPLICATE_COLUMNS))
     scores = table.rename(columns={"score": "judge_score"})

@@ -44,27 +44,3 @@ class SaliencyRun:
                 "loss": np.repeat(self.losses, n_layers),
             }
         )
-
-    @classmethod
-    def from_table(cls, table: pd.DataFrame) -> SaliencyRun:
-        """The run back from its raw table (prompts in the order written)."""
-        ids = list(dict.fromkeys(table["id"].astype(str)))
-        n_layers = table["layer"].nunique()
-        expected = np.tile(np.arange(n_layers), len(ids))
-        if len(table) != len(expected) or not (table["layer"].to_numpy() == expected).all():
-            raise ValueError("saliency table: expected every layer of every prompt, in prompt order")
-
-        def grid(prefix: str) -> np.ndarray:
-            columns = [table[f"{prefix}_{part}"].to_numpy(float) for part in PARTS]
-            return np.stack(columns, axis=-1).reshape(len(ids), n_layers, len(PARTS))
-
-        losses = table["loss"].to_numpy(float)[::n_layers]
-        return cls(ids, grid("sum"), grid("count"), losses)
-
-    def per_prompt(self) -> dict[str, np.ndarray]:
-        """Per-prompt saliency [n_prompts, n_layers] for each metric."""
-        return {
-            "saliency_attention": self.sums[..., 0] / self.counts[..., 0],
-            "saliency_mlp": self.sums[..., 1] / self.counts[..., 1],
-            "saliency_combined": self.sums.sum(axis=-1) / self.counts.sum(axis=-1),
-        }
