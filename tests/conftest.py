@@ -83,11 +83,18 @@ def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> LoadedMo
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default demo model (config defaults), trained once per test session."""
+    """The default demo model (config defaults), trained once and reused from the cache while the knowledge
+    base, parameters, training code and libraries are unchanged. Parallel test workers take a lock, so one
+    trains and the others reuse its model."""
+    import fcntl
+
     root = tmp_path_factory.mktemp("demo")
-    # Reused from the cache when the knowledge base, parameters, training code and libraries are unchanged.
     knowledge = REPO / "prompts" / "knowledge.yaml"
-    train_demo_model(knowledge, DemoParams(), root / "model", root / "results", cache_dir=default_cache_dir())
+    cache = default_cache_dir() or root / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".train.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        train_demo_model(knowledge, DemoParams(), root / "model", root / "results", cache_dir=cache)
     return root
 
 

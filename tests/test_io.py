@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from kmap.core.io import atomic_output, stable_hash, write_json_atomic
-from kmap.core.provenance import code_version
 
 
 def test_failure_leaves_nothing(tmp_path: Path) -> None:
@@ -41,8 +40,6 @@ def test_directory_output_replaced_whole(tmp_path: Path) -> None:
 def test_hashes_are_stable_and_sensitive() -> None:
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
-    assert code_version("io", "hooks") == code_version("hooks", "io")
-    assert code_version("io") != code_version("hooks")
 
 
 def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path: Path) -> None:
