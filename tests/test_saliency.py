@@ -16,7 +16,7 @@ from kmap.core.spec import ModelSpec
 from kmap.core.stats import bootstrap_indices
 from kmap.core.tokens import continuation
 from kmap.methods.saliency.measure import experts_of, gradient_sums, measured_parameters, run_saliency
-from kmap.methods.saliency.settings import METRICS, SaliencySettings
+from kmap.methods.saliency.settings import METRICS, SaliencyRun, SaliencySettings
 from kmap.methods.saliency.summary import per_prompt, summarise
 
 PROMPTS = pd.DataFrame(
@@ -155,14 +155,10 @@ def test_weights_without_gradients_are_refused_and_state_restored(tiny: LoadedMo
 
 
 def test_summary_means_and_shared_bootstrap() -> None:
-    class Run:
-        ids = ["a", "b", "c", "d"]
-
-        def per_prompt(self) -> dict[str, np.ndarray]:
-            values = np.array([[1.0, 4.0], [2.0, 4.0], [3.0, 4.0], [6.0, 4.0]])
-            return {"saliency_attention": values, "saliency_mlp": 2 * values}
-
-    metrics, replicates = summarise(Run(), "m", "d", n_boot=40, seed=1)
+    values = np.array([[1.0, 4.0], [2.0, 4.0], [3.0, 4.0], [6.0, 4.0]])
+    # Every parameter count 1: per-prompt saliency is the |grad| sum itself (MLP twice the attention's).
+    run = SaliencyRun(["a", "b", "c", "d"], np.stack([values, 2 * values], axis=-1), np.ones((4, 2, 2)), np.zeros(4))
+    metrics, replicates = summarise(run, "m", "d", n_boot=40, seed=1)
     table = metrics.set_index(["metric", "layer"])
     assert table.loc[("saliency_attention", 0), "value"] == 3.0
     assert table.loc[("saliency_mlp", 0), "value"] == 6.0

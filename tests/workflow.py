@@ -88,6 +88,9 @@ def run_entry(script: str, job: object) -> None:
     try:
         runpy.run_path(str(REPO / "workflow_scripts" / script), init_globals={"snakemake": job}, run_name="__main__")
     finally:
+        from kmap.core import job as harness
+
+        harness.CURRENT = None  # later figures in this process belong to no job
         sys.stderr.flush()
         if sys.stderr is not stderr:
             sys.stderr.close()

@@ -36,7 +36,7 @@ def _context() -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The running job's figure settings and provenance (``kmap.core.job.CURRENT``), else ``configure``'s."""
     from kmap.core import job
 
-    if job.CURRENT is not None:
+    if job.CURRENT is not None and _PROVENANCE is None:  # an explicit configure() wins
         return {**_SETTINGS, **job.CURRENT.params.get("figures", {})}, job.CURRENT.provenance
     return _SETTINGS, _PROVENANCE
 

@@ -133,8 +133,8 @@ class Job:
         prompts = {name: file_sha256(path) for name in PROMPT_INPUTS for path in self._inputs(name)}
         if prompts:
             fields["prompt_sha256"] = prompts if len(prompts) > 1 else next(iter(prompts.values()))
-        elif upstream:
-            fields["prompt_sha256"] = _merged_hashes(upstream.values())
+        elif upstream and (merged := _merged_hashes(upstream.values())):
+            fields["prompt_sha256"] = merged
         if upstream:
             fields["upstream"] = upstream
         return record(**fields)
@@ -182,7 +182,7 @@ class Job:
             write_json_atomic(tmp / DIRECTORY_FILE, self.provenance)
 
 
-def _merged_hashes(records: Any) -> str | dict[str, str]:
+def _merged_hashes(records: Any) -> str | dict[str, str] | None:
     """The prompt-set hash of a summary: the one its inputs share, else one per domain."""
     hashes: dict[str, str] = {}
     for carried in records:
@@ -191,6 +191,8 @@ def _merged_hashes(records: Any) -> str | dict[str, str]:
             hashes.update(value)
         elif value:
             hashes[str(carried.get("domain", "?"))] = value
+    if not hashes:
+        return None
     return next(iter(hashes.values())) if len(set(hashes.values())) == 1 else hashes
 
 
