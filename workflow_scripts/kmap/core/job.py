@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from kmap.core.io import atomic_output, file_sha256, write_json_atomic, write_text_atomic
-from kmap.core.provenance import DIRECTORY_FILE, read_provenance, record, sidecar
+from kmap.core.provenance import DIRECTORY_FILE, read_provenance, record, sidecar, to_json
 from kmap.core.tables import METRIC_COLUMNS, write_frame, write_table
 
 # The job this process runs (one per entry-script process), read by kmap.core.figures.
@@ -126,10 +126,12 @@ class Job:
             fields["model"] = self.spec().provenance()
         elif built:  # the job builds this model: no revision to resolve yet
             fields["model"] = {"name": built[0][1], "kind": built[0][0].split("_")[0], "resolved_revision": None}
-        elif len({_key(u.get("model")) for u in upstream.values()}) == 1:
-            fields["model"] = next(iter(upstream.values())).get("model")
         elif upstream:
-            fields["models"] = sorted({_key(u.get("model")) for u in upstream.values()})
+            models = {to_json(u.get("model")): u.get("model") for u in upstream.values()}
+            if len(models) == 1:
+                fields["model"] = next(iter(models.values()))
+            else:
+                fields["models"] = sorted(models)
         prompts = {name: file_sha256(path) for name in PROMPT_INPUTS for path in self._inputs(name)}
         if prompts:
             fields["prompt_sha256"] = prompts if len(prompts) > 1 else next(iter(prompts.values()))
@@ -167,9 +169,6 @@ class Job:
     def write_frame(self, frame: pd.DataFrame, path: str | Path) -> None:
         write_frame(frame, path, self.provenance)
 
-    def write_json(self, path: str | Path, obj: Mapping[str, Any]) -> None:
-        write_json_atomic(path, {**obj, "provenance": self.provenance})
-
     def write_text(self, path: str | Path, text: str) -> None:
         write_json_atomic(sidecar(path), self.provenance)
         write_text_atomic(path, text)
@@ -201,9 +200,3 @@ def _items(named: Any) -> list[tuple[str, Any]]:
     if hasattr(named, "items"):
         return list(named.items())
     return list(vars(named).items())
-
-
-def _key(value: Any) -> str:
-    from kmap.core.provenance import to_json
-
-    return to_json(value)

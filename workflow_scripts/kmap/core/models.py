@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +193,10 @@ def load_for_job(job: Any, spec: ModelSpec | None = None) -> LoadedModel:
     require_devices(int(job.smk.resources.gpu))
     loaded = load_model(spec or job.spec(), max_memory=job.params.get("max_memory") or None)
     job.log.info("model %s loaded in %.1f s", loaded.spec.name, loaded.load_seconds)
-    # The spec as loaded (saliency loads quantized checkpoints dequantized).
-    job.note(
-        model=loaded.spec.provenance(),
-        devices=devices,
-        load_seconds=round(loaded.load_seconds, 2),
-        n_layers=loaded.n_layers,
-    )
+    facts: dict[str, Any] = {"devices": devices, "load_seconds": round(loaded.load_seconds, 2)}
+    if loaded.spec != job.spec():
+        # The spec as loaded (saliency loads quantized checkpoints dequantized); same weights, so the record's
+        # resolved revision stands and the weights are not hashed again.
+        facts["model"] = {**job.provenance["model"], **asdict(loaded.spec)}
+    job.note(**facts, n_layers=loaded.n_layers)
     return loaded

@@ -345,7 +345,7 @@ def train_demo_model(
             tokenizer.save_pretrained(tmp)
             (tmp / "kmap_demo.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if provenance is not None:
-            (tmp / DIRECTORY_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
+            write_json_atomic(tmp / DIRECTORY_FILE, provenance)
     if cached is not None and source is None:
         _store(cached, Path(out_dir), curve, metrics)
         log.info("demo model cached in %s", cached)
