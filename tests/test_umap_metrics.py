@@ -10,7 +10,7 @@ import pytest
 
 from kmap.activations.cache import ActivationCache
 from kmap.core.figures import curve_figure
-from kmap.methods.umap.embedding import UmapParams, embed
+from kmap.methods.umap.embedding import UmapParams, embed, exact_neighbours
 from kmap.methods.umap.figures import panel_layers, umap_panels
 from kmap.methods.umap.measure import run_geometry
 
@@ -71,6 +71,35 @@ def test_embedding_is_deterministic() -> None:
     first, second = embed(points, PARAMS), embed(points, PARAMS)
     np.testing.assert_array_equal(first[30], second[30])
     assert first[30].shape == (60, 30) and first[2].shape == (60, 2)
+
+
+def test_exact_neighbours_match_an_independent_search_and_break_ties_by_row() -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(80, 12)).astype(np.float32)
+    index, dist = exact_neighbours(points, 15)
+    ref_dist, ref_index = NearestNeighbors(n_neighbors=15, algorithm="brute").fit(points).kneighbors(points)
+    np.testing.assert_array_equal(index, ref_index)
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-5)
+    assert (index[:, 0] == np.arange(80)).all() and (dist[:, 0] == 0).all()
+    # Coinciding points (prompts sharing their last token at the embedding layer): ties go by row, so the
+    # graph, and with it the embedding, is the same on every run.
+    tied = np.repeat(points[:4], 5, axis=0)
+    index, dist = exact_neighbours(tied, 5)
+    np.testing.assert_array_equal(index[0], [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(index[7], [5, 6, 7, 8, 9])
+
+
+def test_umap_layout_kernels_are_cached_on_disk() -> None:
+    """umap-learn compiles its layout kernels without numba's disk cache (about a minute in every new UMAP
+    process); kmap turns the cache on before the first layout."""
+    import umap.layouts
+    from numba.core.caching import FunctionCache
+
+    embed(np.random.default_rng(4).normal(size=(30, 8)), PARAMS, dims=(2,))
+    kernel = umap.layouts._nb_optimize_layout_euclidean_single_epoch
+    assert kernel.signatures and isinstance(kernel._cache, FunctionCache)
 
 
 def test_age_domain_metrics_and_findings() -> None:

@@ -1,11 +1,14 @@
 """UMAP embeddings of one layer's activations: 30-d for scores, 2-d for pictures.
 
 UMAP's output depends on row order, so rows are shuffled with a fixed seed before fitting and restored after;
-the neighbour graph is computed once per layer and shared by the 30-d and 2-d fits.
+the neighbour graph is computed once per layer and shared by the 30-d and 2-d fits. Below umap-learn's own
+small-data threshold (4,096 points) the neighbours are exact, as umap-learn computes them when it builds the graph
+itself; above it, NN-descent as umap-learn uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from kmap.core.settings import known_keys, schema_field
+
+# umap-learn switches from exact neighbours to NN-descent at this many points; so do we.
+EXACT_KNN_BELOW = 4096
 
 
 @dataclass(frozen=True)
@@ -35,20 +41,58 @@ class UmapParams:
         return cls(**known_keys(cls, overrides, "umap", "parameter"))
 
 
+def exact_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of each row (itself first), Euclidean, as umap-learn's small-data path finds them:
+    a full distance matrix, each row sorted stably (ties keep row order)."""
+    from scipy.spatial.distance import cdist
+
+    distances = cdist(points, points)  # float64
+    index = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return index.astype(np.int32), np.take_along_axis(distances, index, axis=1).astype(np.float32)
+
+
+_kernels_cached = False
+
+
+def _cache_kernels() -> None:
+    """Let numba keep umap-learn's layout kernels on disk: umap-learn compiles them without ``cache=True``, which
+    costs every new process about a minute of JIT before its first layout. Speed only; results do not change."""
+    global _kernels_cached
+    if _kernels_cached:
+        return
+    _kernels_cached = True
+    import sys
+
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name == "umap" or name.startswith("umap."):
+            for kernel in list(vars(module).values()):
+                if isinstance(kernel, CPUDispatcher) and isinstance(kernel._cache, NullCache):
+                    # A kernel numba cannot cache is compiled as before.
+                    with contextlib.suppress(Exception):
+                        kernel.enable_caching()
+
+
 def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2)) -> dict[int, np.ndarray]:
     """Embeddings of ``points`` in each of ``dims`` dimensions, rows in the input order."""
     import umap
     from umap.umap_ import nearest_neighbors
 
+    _cache_kernels()
     n = len(points)
     order = np.random.default_rng(params.seed).permutation(n)
     shuffled = np.ascontiguousarray(points[order], dtype=np.float32)
     neighbours = min(params.n_neighbors, n - 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state" and friends
-        knn_index, knn_dist, _ = nearest_neighbors(
-            shuffled, neighbours, "euclidean", {}, False, np.random.RandomState(params.seed), verbose=False
-        )
+        if n < EXACT_KNN_BELOW:
+            knn_index, knn_dist = exact_neighbours(shuffled, neighbours)
+        else:
+            knn_index, knn_dist, _ = nearest_neighbors(
+                shuffled, neighbours, "euclidean", {}, False, np.random.RandomState(params.seed), verbose=False
+            )
         out = {}
         for dim in dims:
             # Spectral initialisation needs more points than dimensions; fall back to random init.
