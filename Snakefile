@@ -16,6 +16,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/models.smk"
+include: "rules/preflight.smk"
 include: "rules/activations.smk"
 include: "rules/umap.smk"
 include: "rules/saliency.smk"

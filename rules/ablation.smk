@@ -12,6 +12,7 @@ rule ablation_generate:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        preflight=preflight_table("ablation"),
     output:
         responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
     log:
@@ -39,6 +40,7 @@ rule ablation_generate:
         settings=value_params(ABLATION),
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
+        prompt_format=formatted("ablation"),
         code=code("ablation_generate"),
     script:
         "../workflow_scripts/ablation_generate.py"

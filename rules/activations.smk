@@ -5,6 +5,7 @@ rule activations:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        preflight=preflight_table("activations"),
     output:
         tensor=f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
         table=f"{RESULTS}/activations/{{model}}/{{domain}}.prompts.parquet",
@@ -27,6 +28,7 @@ rule activations:
         settings=without_batch_size("activations"),
         prompts_dir=PROMPTS,
         max_memory=max_memory("forward"),
+        prompt_format=formatted("activations"),
         code=code("activations"),
     script:
         "../workflow_scripts/activations.py"

@@ -13,7 +13,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 # Parse-time imports of kmap; jobs import it too, as Snakemake puts a script's own folder on sys.path.
 sys.path.insert(0, str(SCRIPTS))
 
-from kmap.core.config import check_config, model_methods, model_specs
+from kmap.core.config import check_config, model_methods, model_specs, prompt_format
 from kmap.core.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
 from kmap.core.provenance import code_version
 from kmap.data.prompts import validate_all
@@ -114,9 +114,20 @@ def max_memory(stage):
     return get
 
 
-def without_batch_size(section):
-    """A config section without batch_size: a resource that never changes values, so never a rerun trigger."""
-    return {k: v for k, v in config[section].items() if k != "batch_size"}
+def formatted(method):
+    """The model's prompt format for ``method`` (a param: changing it reruns exactly that method's jobs)."""
+
+    def get(wildcards):
+        return prompt_format(config, wildcards.model, method)
+
+    return get
+
+
+def without_batch_size(section, *checked_before):
+    """A config section without batch_size (a resource that never changes values) and the ``checked_before``
+    keys (checked by the pre-flight, not used by the job): never rerun triggers."""
+    skip = {"batch_size", *checked_before}
+    return {k: v for k, v in config[section].items() if k not in skip}
 
 
 def code(script):
@@ -141,6 +152,22 @@ def summary_figure(path, caption, category, labels):
     return report(
         path, caption=f"../report/{caption}.rst", category=category, labels=labels
     )
+
+
+# --- pre-flight (rules/preflight.smk) ---
+
+# The methods whose GPU jobs each wait for their own pre-flight.
+GPU_METHODS = ("activations", "saliency", "ablation", "patching")
+
+
+def preflight_inputs(wildcards):
+    name = "pairs" if wildcards.method == "patching" else "prompts"
+    path = f"{PROMPTS}/pairs/{wildcards.domain}.csv"
+    return {name: path if name == "pairs" else prompt_file(wildcards)}
+
+
+def preflight_table(method):
+    return f"{RESULTS}/preflight/{{model}}/{{domain}}.{method}.csv"
 
 
 def prompt_file(wildcards):

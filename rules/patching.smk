@@ -6,6 +6,7 @@ rule patching:
     input:
         pairs=f"{PROMPTS}/pairs/{{domain}}.csv",
         model=local_model_dir,
+        preflight=preflight_table("patching"),
     output:
         pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
         heatmap=f"{RESULTS}/patching/{{model}}/{{domain}}.heatmap.parquet",
@@ -24,9 +25,10 @@ rule patching:
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
-        settings=without_batch_size("patching"),
+        settings=without_batch_size("patching", "min_pairs"),
         prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
         max_memory=max_memory("forward"),
+        prompt_format=formatted("patching"),
         code=code("patching"),
     script:
         "../workflow_scripts/patching.py"

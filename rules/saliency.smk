@@ -6,6 +6,7 @@ rule saliency:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        preflight=preflight_table("saliency"),
     output:
         raw=f"{RESULTS}/saliency/{{model}}/{{domain}}.raw.parquet",
     log:
@@ -24,6 +25,7 @@ rule saliency:
         settings=config["saliency"],
         prompts_dir=PROMPTS,
         max_memory=max_memory("gradient"),
+        prompt_format=formatted("saliency"),
         code=code("saliency"),
     script:
         "../workflow_scripts/saliency.py"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kmap.core.config import ConfigError, check_config, model_specs
+from kmap.core.config import ConfigError, check_config, model_specs, prompt_format
+from kmap.core.prompt_format import DEFAULT_INSTRUCTION, PromptFormat
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -123,6 +124,25 @@ def test_model_specs_place_built_models_under_results() -> None:
     specs = model_specs(config)
     assert specs["demo"].source == "results/models/demo"
     assert specs["tiny-gemma3"].architecture == "gemma3"
+
+
+def test_prompt_format_defaults_and_per_model_overrides() -> None:
+    raw = copy.deepcopy(_default())
+    raw["models"]["demo"]["prompt_format"] = {"patching": "chat", "instruction": "Be brief."}
+    config = check_config(raw, SCHEMA)
+    # Defaults: the clinical text as written for measurements, the chat template where there is one for generation.
+    assert [prompt_format(config, "tiny-llama", m)["mode"] for m in ("activations", "saliency", "patching")] == [
+        "raw"
+    ] * 3
+    assert prompt_format(config, "tiny-llama", "ablation") == {"mode": "auto", "instruction": DEFAULT_INSTRUCTION}
+    assert prompt_format(config, "demo", "patching") == {"mode": "chat", "instruction": "Be brief."}
+    assert prompt_format(config, "demo", "activations")["mode"] == "raw"
+    assert PromptFormat(**prompt_format(config, "demo", "patching")).chat
+    # The schema's instruction default and the module's agree (one home: the schema fills the config).
+    assert config["prompt_format"]["instruction"] == DEFAULT_INSTRUCTION
+    raw["models"]["demo"]["prompt_format"] = {"patching": "jinja"}
+    with pytest.raises(ConfigError, match="models.demo.prompt_format.patching: 'jinja' is not allowed"):
+        check_config(raw, SCHEMA)
 
 
 SETTINGS = {

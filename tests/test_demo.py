@@ -36,8 +36,8 @@ from kmap.offline.demo_train import (
 REPO = Path(__file__).resolve().parents[1]
 KB = load_knowledge(REPO / "prompts" / "knowledge.yaml")
 VIGNETTE = re.compile(
-    r"a (\d+) year old (male|female) patient presents to the clinic with (.+) and (.+) \. "
-    r"the most likely diagnosis is (.+) \."
+    r"An? (\d+)-year-old (male|female) patient presents to the clinic with (.+) and (.+)\. "
+    r"The most likely diagnosis is (.+)\."
 )
 # Small enough to train in well under a minute on 2 cores, big enough to learn diagnosis.
 SMALL = DemoParams(
@@ -68,13 +68,15 @@ def test_every_age_is_one_token(tokenizer) -> None:
     for age in range(101):
         ids = tokenizer(f" {age}", add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids != [tokenizer.unk_token_id]
-    assert len(tokenizer("a 45 year old", add_special_tokens=False)["input_ids"]) == 4
+    # Hyphens are tokens of their own: "a 45-year-old" is a, 45, -, year, -, old.
+    assert len(tokenizer("A 45-year-old", add_special_tokens=False)["input_ids"]) == 6
 
 
 def test_tokenizer_round_trip_bos_and_unknown(tokenizer) -> None:
-    ids = tokenizer("A 45 year old male, presents with chest pain.")["input_ids"]
+    ids = tokenizer("A 45-year-old male, presents with Parkinson's disease.")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "a 45 year old male , presents with chest pain ."
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded == "a 45 - year - old male , presents with parkinson ' s disease ."
     assert tokenizer("zyxxy", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
     assert tokenizer("angina zyxxy .", add_special_tokens=False)["input_ids"][1] == tokenizer.unk_token_id
 
@@ -104,17 +106,17 @@ def test_corpus_has_no_unknown_words(tokenizer) -> None:
 def test_corpus_states_every_kind_of_fact() -> None:
     text = "\n".join(generate_corpus(KB, 5000, seed=0))
     for pattern in (
-        r"presents to the clinic with .+ the most likely diagnosis is",  # age + sex + symptoms -> diagnosis
+        r"presents to the clinic with .+ The most likely diagnosis is",  # age + sex + symptoms -> diagnosis
         r"is a symptom of the \w+ system",  # symptom -> organ system
         r"is a disease of the \w+ system",  # disease -> category
         r"should be referred to \w+",  # disease -> specialty
         r"is treated with \w+",  # disease -> drug
         r"is used to treat",  # drug -> disease
-        r"the usual dose of \w+ is [\d.]+ m?c?g ",  # drug -> dose
-        r"what is the usual dose of \w+ \? the dose is",  # question form
-        r"comes after gold \d",  # stage order
+        r"The usual dose of \w+ is [\d.]+ m?c?g ",  # drug -> dose
+        r"What is the usual dose of \w+\? The dose is",  # question form
+        r"comes after GOLD \d",  # stage order
         r"\d+ is (older|younger) than \d+",  # number line
-        r"a 1[0-2] year old is a child",  # age group
+        r"An? 1[0-2]-year-old is a child",  # age group
     ):
         assert re.search(pattern, text), pattern
 
@@ -129,14 +131,14 @@ def test_vignette_diagnoses_fit_age_and_sex() -> None:
         disease = by_name[name]
         assert disease.age_range[0] <= int(age) <= disease.age_range[1]
         assert disease.sex in ("any", sex) and {first, second} <= set(disease.symptoms)
-    ages = {name: [int(a) for a, *_, n in vignettes if n == name] for name in ("bronchiolitis", "alzheimer disease")}
-    assert max(ages["bronchiolitis"]) <= 2 < 65 <= min(ages["alzheimer disease"])
+    ages = {name: [int(a) for a, *_, n in vignettes if n == name] for name in ("bronchiolitis", "Alzheimer's disease")}
+    assert max(ages["bronchiolitis"]) <= 2 < 65 <= min(ages["Alzheimer's disease"])
     assert {sex for _, sex, *_, name in vignettes if name == "gout"} == {"male"}
 
 
-# Any sentence stating an age with a symptom pair: full vignettes and "a 23 year old patient with x and y".
+# Any sentence stating an age with a symptom pair: full vignettes and "A 23-year-old patient with x and y".
 AGE_AND_PAIR = re.compile(
-    r"a (\d+) year old (?:\w+ patient presents to the clinic|patient) with (.+?) and (.+?) (?:\.|most)"
+    r"An? (\d+)-year-old (?:\w+ patient presents to the clinic|patient) with (.+?) and (.+?)(?:\.| most)"
 )
 
 
@@ -157,7 +159,7 @@ def test_eval_cases_never_occur_in_training() -> None:
 def test_eval_answers_identify_one_disease_and_are_single_tokens(tokenizer) -> None:
     items = diagnosis_eval_set(KB, 100, seed=0)
     assert items == diagnosis_eval_set(KB, 100, seed=0) != diagnosis_eval_set(KB, 100, seed=1)
-    assert all(prompt.endswith("the most likely diagnosis is") for prompt, _ in items)
+    assert all(prompt.endswith("The most likely diagnosis is") for prompt, _ in items)
     answers = tokenizer.convert_tokens_to_ids([answer for _, answer in items])
     assert tokenizer.unk_token_id not in answers
     assert len(set(answers)) > 20  # many diseases, not one easy answer
@@ -243,7 +245,7 @@ def test_small_model_saved_in_hf_format_and_reloads(small_run: tuple[Path, dict]
     # The reloaded model is the trained one: it scores exactly what training measured.
     assert diagnosis_accuracy(model, tokenizer, items)[0] == metrics["diagnosis_accuracy"]
     loaded = load_model(ModelSpec(name="demo", kind="demo", source=str(model_dir), dtype="float32"))
-    batch = tokenizer(["a 67 year old male patient presents to the clinic with"], return_tensors="pt")
+    batch = tokenizer(["A 67-year-old male patient presents to the clinic with"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, loaded.model(**batch).logits, rtol=0, atol=0)
 

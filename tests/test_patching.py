@@ -3,6 +3,7 @@ per-layer loop on every architecture, pair preparation, aggregation, and the dem
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,7 @@ def test_no_usable_pair_gives_nan_rows_that_say_why() -> None:
 
 
 def test_run_patching_counts_every_pair_and_draws_heatmaps(tiny: LoadedModel, tmp_path: Path) -> None:
-    settings = PatchingSettings(min_gap=0.0, heatmap_pairs=2, batch_size=3)
+    settings = PatchingSettings(min_gap=0.0, heatmap_pairs=2, batch_size=3, multi_token_answers="numbers")
     run = run_patching(tiny, PAIRS, settings)
     status = run.pairs.drop_duplicates("id").set_index("id")["status"]
     assert status.to_dict() == dict.fromkeys(USABLE, USED) | {
@@ -234,7 +235,7 @@ def test_run_patching_counts_every_pair_and_draws_heatmaps(tiny: LoadedModel, tm
         assert moved[top.index].iloc[:-1].max() < 1e-6
     assert heatmap_figure(heat, tmp_path / "h.png", tmp_path / "h.pdf", "t") == 2
     assert (tmp_path / "h.png").stat().st_size > 1000 and (tmp_path / "h.pdf").exists()
-    strict = run_patching(tiny, PAIRS, PatchingSettings(min_gap=1e6))
+    strict = run_patching(tiny, PAIRS, PatchingSettings(min_gap=1e6, multi_token_answers="numbers"))
     assert (strict.pairs.drop_duplicates("id")["status"] == SMALL_GAP).sum() == len(USABLE)
     assert strict.heatmap.empty
 
@@ -243,12 +244,14 @@ def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
     from kmap.data.prompts import load_pairs
 
     frame = load_pairs("disease", REPO / "prompts").frame
-    run = run_patching(demo, frame, PatchingSettings(heatmap_pairs=0))
+    settings = PatchingSettings(heatmap_pairs=0)
+    run = run_patching(demo, frame, settings)
     metrics, _ = summarise(run.pairs, "demo", "disease", demo.n_layers, n_boot=100)
     curve = metrics[metrics["metric"] == "P_last"].set_index("layer")["value"]
     concept = metrics[metrics["metric"] == "P_concept"].set_index("layer")["value"]
     half = len(curve) // 2
-    assert metrics["n"].iloc[0] >= 0.8 * len(frame)  # the trained model separates clean from corrupted
+    # The trained model separates clean from corrupted answers (max_pairs of the pool are patched).
+    assert metrics["n"].iloc[0] >= 0.8 * min(len(frame), settings.max_pairs)
     assert curve.iloc[0] == pytest.approx(0.0, abs=1e-5) and curve.iloc[-1] == pytest.approx(1.0, abs=1e-5)
     assert curve.iloc[half:].mean() >= curve.iloc[1:half].mean() > 0.5
     # Concept positions lose their effect with depth as the answer position takes the information over.
@@ -281,7 +284,7 @@ def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
 
     monkeypatch.setattr(report, "sweep", overflowing_sweep)
     with caplog.at_level("WARNING"):
-        run = run_patching(model, PAIRS, PatchingSettings(min_gap=0.0, heatmap_pairs=0))
+        run = run_patching(model, PAIRS, PatchingSettings(min_gap=0.0, heatmap_pairs=0, multi_token_answers="numbers"))
     status = run.pairs.drop_duplicates("id").set_index("id")["status"]
     assert status["v1"] == NON_FINITE and status["v2"] == NON_FINITE
     assert status["d1"] == USED and status["d2"] == USED
@@ -289,3 +292,21 @@ def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
     metrics, _ = summarise(run.pairs, "t", "d", model.n_layers, n_boot=20)
     assert np.isfinite(metrics["value"]).all() and (metrics["n"] == 2).all()
     assert "2 non_finite" in metrics["note"].iloc[0]
+
+
+def test_max_pairs_spreads_over_the_pool_and_counts_the_rest(tiny: LoadedModel) -> None:
+    from kmap.methods.patching.settings import BEYOND_MAX_PAIRS
+
+    settings = PatchingSettings(min_gap=0.0, heatmap_pairs=0, max_pairs=2, multi_token_answers="numbers")
+    status = run_patching(tiny, PAIRS, settings).pairs.drop_duplicates("id").set_index("id")["status"]
+    # The first and the last usable pair (evenly spaced over v1, v2, d1, d2), never an unusable one.
+    assert status.to_dict() == {
+        "v1": USED,
+        "d2": USED,
+        "v2": BEYOND_MAX_PAIRS,
+        "d1": BEYOND_MAX_PAIRS,
+        "unequal": "unequal_length",
+        "multi": "answer_not_single_token",
+    }
+    everything = run_patching(tiny, PAIRS, dataclasses.replace(settings, max_pairs=0)).pairs
+    assert set(everything.loc[everything["status"] == USED, "id"]) == set(USABLE)

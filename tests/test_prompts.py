@@ -39,20 +39,20 @@ def test_drug_and_progression_coverage() -> None:
     kb = load_knowledge(PROMPTS / "knowledge.yaml")
     stages = {p.disease: len(p.stages) for p in kb.progressions}
     assert stages == {
-        "parkinson disease": 5,
-        "copd": 4,
+        "Parkinson's disease": 5,
+        "COPD": 4,
         "chronic kidney disease": 5,
         "heart failure": 4,
         "breast cancer": 4,
-        "alzheimer disease": 3,
+        "Alzheimer's disease": 3,
     }
 
 
 def test_medical_facts_spot_checks() -> None:
     kb = load_knowledge(PROMPTS / "knowledge.yaml")
-    assert kb.drug("lisinopril").mechanism == "ace inhibitor"
+    assert kb.drug("lisinopril").mechanism == "ACE inhibitor"
     assert kb.drug("metoprolol").mechanism == "beta blocker"
-    assert kb.drug("sertraline").mechanism == "ssri" and kb.drug("sertraline").specialty == "psychiatry"
+    assert kb.drug("sertraline").mechanism == "SSRI" and kb.drug("sertraline").specialty == "psychiatry"
     assert kb.drug("atorvastatin").mechanism == "statin"
     assert kb.drug("omeprazole").mechanism == "proton pump inhibitor"
     assert (kb.drug("metformin").doses[0].value, kb.drug("metformin").doses[0].frequency) == (500, "twice daily")
@@ -62,11 +62,27 @@ def test_medical_facts_spot_checks() -> None:
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_pairs_per_domain(domain: str) -> None:
+    """Clean and corrupted differ in one concept: they share all words but a span of at most four (a multi-word
+    symptom, an age with its article), and the answers differ."""
     frame = load_pairs(domain, PROMPTS).frame
-    assert len(frame) >= 20
+    assert len(frame) >= 40 and frame["id"].is_unique
     for clean, corrupted in zip(frame["clean"], frame["corrupted"], strict=True):
         a, b = split_words(clean), split_words(corrupted)
-        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+        prefix = next(i for i, (x, y) in enumerate(zip([*a, None], [*b, None], strict=False)) if x != y)
+        suffix = next(i for i, (x, y) in enumerate(zip([*a[::-1], None], [*b[::-1], None], strict=False)) if x != y)
+        assert 0 < len(a) - prefix - suffix <= 4 and 0 < len(b) - prefix - suffix <= 4, (clean, corrupted)
+    assert (frame["clean_answer"] != frame["corrupted_answer"]).all()
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_pairs_usable_on_the_demo_tokenizer(domain: str) -> None:
+    """The demo model's tokenizer keeps at least 40 pairs per domain (the real tokenizers: test_real_tokenizers)."""
+    from kmap.methods.patching.sweep import prepare_pairs
+    from kmap.offline.demo_train import demo_tokenizer
+
+    tokenizer = demo_tokenizer(load_knowledge(PROMPTS / "knowledge.yaml"))
+    kept, excluded = prepare_pairs(tokenizer, load_pairs(domain, PROMPTS).frame, "first_token")
+    assert len(kept) >= 40, excluded
 
 
 def test_dosage_pair_answers_differ_in_first_digit() -> None:
@@ -150,8 +166,8 @@ BROKEN_PAIRS = [
     ),
     (lambda f: f.assign(corrupted=f["corrupted"].where(f.index != 0, f["clean"])), ["row 1", "identical to clean"]),
     (
-        lambda f: f.assign(clean_answer=f["clean_answer"].where(f.index != 1, "heart failure")),
-        ["row 2", "'clean_answer'", "single word"],
+        lambda f: f.assign(clean_answer=f["clean_answer"].where(f.index != 1, " . ")),
+        ["row 2", "'clean_answer'", "empty answer"],
     ),
     (lambda f: f.assign(corrupted_answer=f["clean_answer"]), ["row 1", "equals clean_answer"]),
 ]

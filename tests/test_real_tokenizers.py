@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from kmap.activations.extract import concept_mask
 from kmap.core.models import encode
+from kmap.core.prompt_format import PromptFormat, PromptFormatError
 from kmap.core.tokens import continuation
-from kmap.methods.patching.sweep import prepare_pair
+from kmap.data.prompts import load_pairs
+from kmap.methods.patching.sweep import prepare_pair, prepare_pairs
 from tests.real_tokenizers import FAMILIES, fetch_tokenizers, real_tokenizer
 
 # What each family's tokenizer.json does, as published: a BOS it adds itself, and how it splits " 1000".
@@ -24,6 +27,8 @@ DIGITS_1000 = {
     "gemma3": ["1", "0", "0", "0"],
     "qwen3": ["1", "0", "0", "0"],
 }
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ("age", "symptoms", "disease", "progression", "drugs", "dosage")
 VIGNETTE = "A 45-year-old woman presents with chest pain and dyspnea. The most likely diagnosis is"
 
 
@@ -132,3 +137,122 @@ def test_pair_concept_positions_are_where_the_ages_differ(family: str) -> None:
     clean = tok.decode([pair.clean[i] for i in pair.concept])
     corrupted = tok.decode([pair.corrupted[i] for i in pair.concept])
     assert (clean, corrupted) in (("45", "72"), ("4", "7"))  # digit-splitting tokenizers differ in one digit
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_at_least_40_usable_pairs_per_domain(family: str, domain: str) -> None:
+    """The shipped pair pools survive every study tokenizer (default multi_token_answers: first_token)."""
+    kept, excluded = prepare_pairs(real_tokenizer(family), load_pairs(domain, REPO / "prompts").frame, "first_token")
+    assert len(kept) >= 40, (len(kept), sorted(set(excluded.values())))
+    # Only length mismatches and words sharing their first token are lost; numbers are always comparable.
+    assert set(excluded.values()) <= {"unequal_length", "answers_share_first_token"}
+
+
+# --- prompt formats on the real chat templates ---
+
+CHAT = {"llama3": True, "gemma3": True, "qwen3": True, "llama2": False, "gptoss": False}  # as the npm files ship
+
+
+def test_auto_format_is_chat_exactly_where_a_template_ships(family: str) -> None:
+    tok = real_tokenizer(family)
+    assert PromptFormat("auto").resolve(tok).mode == ("chat" if CHAT[family] else "raw")
+    assert PromptFormat("raw").resolve(tok).mode == "raw"
+    if not CHAT[family]:
+        with pytest.raises(PromptFormatError, match="no chat template.*set prompt_format to raw or auto"):
+            PromptFormat("chat").resolve(tok)
+
+
+@pytest.mark.parametrize("family_name", [f for f, chat in CHAT.items() if chat])
+def test_chat_format_one_bos_instruction_then_prompt_then_generation_prompt(family_name: str) -> None:
+    tok = real_tokenizer(family_name)
+    fmt = PromptFormat("chat", "Answer as a physician.")
+    text, start = fmt.render(tok, VIGNETTE)
+    assert text[start : start + len(VIGNETTE)] == VIGNETTE and text.index("Answer as a physician.") < start
+    assert len(text) > start + len(VIGNETTE)  # the assistant turn's header follows the prompt
+    ids = fmt.ids(tok, VIGNETTE)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    if BOS[family_name] is not None:
+        bos = tok.convert_tokens_to_ids(BOS[family_name])
+        assert ids[0] == bos and ids.count(bos) == 1  # the template's BOS, not a second one from the tokenizer
+    # The answer starts the assistant's turn: no leading space, and it decodes back to itself.
+    answer = fmt.continuation(tok, VIGNETTE, "pneumonia")
+    assert tok.decode(answer) == "pneumonia"
+    assert ids + answer == tok(text + "pneumonia", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("family_name", [f for f, chat in CHAT.items() if chat])
+def test_chat_concept_positions_skip_the_instruction(family_name: str) -> None:
+    tok = real_tokenizer(family_name)
+    fmt = PromptFormat("chat", "Think about chest pain causes.")  # the concept also occurs in the instruction
+    text, start = fmt.render(tok, VIGNETTE)
+    batch = encode(tok, [text], add_special_tokens=False)
+    mask = concept_mask(batch["offset_mapping"], batch["attention_mask"], [text], ["chest pain"], [start])[0]
+    positions = [i for i, keep in enumerate(mask.tolist()) if keep]
+    ids = batch["input_ids"][0].tolist()
+    assert tok.decode([ids[i] for i in positions]).strip() == "chest pain"
+    # These are the prompt's tokens, after every token of the instruction.
+    instruction_end = len(tok(text[:start], add_special_tokens=False)["input_ids"])
+    assert positions[0] >= instruction_end - 1
+
+
+@pytest.mark.parametrize("family_name", [f for f, chat in CHAT.items() if chat])
+def test_chat_pair_keeps_concept_positions_and_first_token_answers(family_name: str) -> None:
+    tok = real_tokenizer(family_name)
+    row = pd.Series(
+        {
+            "id": "age",
+            "clean": "A 45-year-old man with chest pain most likely has",
+            "corrupted": "A 72-year-old man with chest pain most likely has",
+            "clean_answer": "angina",
+            "corrupted_answer": "myocardial infarction",
+        }
+    )
+    raw, chat = prepare_pair(tok, row, "first_token"), prepare_pair(tok, row, "first_token", PromptFormat("chat"))
+    assert not isinstance(raw, str) and not isinstance(chat, str)
+    offset = len(chat.clean) - len(raw.clean)  # the template's tokens before and after the prompt
+    assert offset > 0 and len(chat.concept) == len(raw.concept)
+    assert tok.decode([chat.clean[i] for i in chat.concept]) == tok.decode([raw.clean[i] for i in raw.concept])
+    assert tok.decode([chat.answer]).strip() and tok.decode([chat.answer]).strip() != tok.decode([chat.foil]).strip()
+
+
+def test_word_answers_sharing_their_first_token_are_excluded_only_in_first_token_mode(family: str) -> None:
+    tok = real_tokenizer(family)
+    row = pd.Series(
+        {
+            "id": "ckd",
+            "clean": "A patient with oliguria and fatigue most likely has",
+            "corrupted": "A patient with wheezing and fatigue most likely has",
+            "clean_answer": "chronic kidney disease",
+            "corrupted_answer": "chronic obstructive pulmonary disease",
+        }
+    )
+    for symptom in ("wheezing", "polyuria", "hematuria", "dysuria"):  # one with as many tokens as oliguria
+        row["corrupted"] = row["clean"].replace("oliguria", symptom)
+        if prepare_pair(tok, row, "all") != "unequal_length":
+            break
+    assert prepare_pair(tok, row, "first_token") == "answers_share_first_token"
+    shared = prepare_pair(tok, row, "all")  # compared after the shared " chronic"
+    assert not isinstance(shared, str) and shared.answer_mode == "first_differing"
+    assert tok.decode([shared.clean[-1]]).strip() == "chronic"
+    # Different first tokens: compared there, whatever follows.
+    row["corrupted_answer"] = "asthma"
+    pair = prepare_pair(tok, row, "first_token")
+    assert not isinstance(pair, str) and pair.clean == tuple(tok(row["clean"])["input_ids"])
+
+
+def test_preflight_counts_formatted_tokens_per_method(family: str) -> None:
+    from kmap.data.preflight import USABLE, preflight_table, problems
+    from kmap.data.prompts import load_prompt_set
+
+    tok = real_tokenizer(family)
+    prompts = load_prompt_set("disease", REPO / "prompts").frame
+    pairs = load_pairs("disease", REPO / "prompts").frame
+    formats = {m: PromptFormat(mode).resolve(tok) for m, mode in (("activations", "raw"), ("ablation", "auto"))}
+    formats["patching"] = PromptFormat("raw")
+    table = preflight_table(tok, prompts, pairs, formats, 8192, {"ablation": 64}, "first_token")
+    n = table[table["kind"] == "prompt"].pivot(index="id", columns="method", values="n_tokens")
+    extra = n["ablation"] - n["activations"]
+    # The chat template's turn markers and instruction come on top of the same prompt tokens.
+    assert (extra > 0).all() if CHAT[family] else (extra == 0).all()
+    assert (table.loc[table["method"] == "ablation", "format"] == ("chat" if CHAT[family] else "raw")).all()
+    assert (table["status"] == USABLE).sum() >= 40 and problems(table, family, "disease", min_pairs=40) == []

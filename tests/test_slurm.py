@@ -48,7 +48,7 @@ def _config(model_dir: Path) -> dict:
         "bootstrap": {"n": 20},
         "umap": {"n_epochs": 30},
         # The tiny tokenizer splits answers into several tokens: compare at the first differing one.
-        "patching": {"multi_token_answers": "all", "min_gap": 0.0, "heatmap_pairs": 1},
+        "patching": {"multi_token_answers": "all", "min_gap": 0.0, "heatmap_pairs": 1, "min_pairs": 1},
     }
 
 
@@ -101,11 +101,11 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     gres = dict(line.split() for line in listed.splitlines() if len(line.split()) == 2)
     assert job_ids <= set(gres), listed
     # The GPU rule asked for the model's planned GPU; CPU-only jobs asked for none.
-    gpu_jobs = [p.stem for p in job_logs if "activations" in str(p) and "local-llama" in str(p)]
+    gpu_jobs = [p.stem for p in job_logs if "/rule_activations/" in str(p) and "local-llama" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
     gpu_jobs = [p.stem for p in job_logs if "/rule_patching/" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
-    cpu_rules = ("tiny_model", "umap", "patching_summary", "intervals", "knowledge_map", "cross_model")
+    cpu_rules = ("tiny_model", "preflight", "umap", "patching_summary", "intervals", "knowledge_map", "cross_model")
     for rule in cpu_rules:
         cpu_jobs = [p.stem for p in job_logs if f"/rule_{rule}/" in str(p)]
         assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), (rule, listed)

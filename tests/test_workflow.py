@@ -143,6 +143,7 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
         result = snakemake(ran, "-n", "--configfile", "config/test.yaml")
         # Patching reads the pairs file, not the prompt file: it stays valid.
         assert plan == {
+            "preflight": 4,  # demo: activations, saliency, ablation (patching reads pairs); tiny-llama: activations
             "activations": 2,
             "umap": 1,
             "saliency": 1,
@@ -169,7 +170,7 @@ def test_editing_patching_pairs_reruns_only_patching(ran: Path) -> None:
     pairs.write_text("".join(lines[:-1]))  # drop the last pair
     try:
         maps = {"intervals": 1, "knowledge_map": 1, "cross_model": 1}
-        assert _plan(ran) == {"patching": 1, "patching_summary": 1, **maps, "all": 1}
+        assert _plan(ran) == {"preflight": 1, "patching": 1, "patching_summary": 1, **maps, "all": 1}
     finally:
         pairs.write_text(original)
 
@@ -184,6 +185,19 @@ def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
     # The batch size never changes values (tested in test_activations), so it reruns nothing.
     write_config(ran, dict(FAST, activations={"batch_size": 3}), "batch.yaml")
     assert job_counts(snakemake(ran, "-n", "--configfile", "config/batch.yaml").stdout) == {}
+
+
+def test_changing_a_models_prompt_format_reruns_that_method_only(ran: Path) -> None:
+    models = dict(FAST["models"], demo={**FAST["models"]["demo"], "prompt_format": {"patching": "raw"}})
+    write_config(ran, dict(FAST, models=models), "same_format.yaml")
+    assert job_counts(snakemake(ran, "-n", "--configfile", "config/same_format.yaml").stdout) == {}
+    models["demo"]["prompt_format"] = {"ablation": "raw"}  # was auto (raw for the demo's tokenizer, but a change)
+    write_config(ran, dict(FAST, models=models), "format.yaml")
+    result = snakemake(ran, "-n", "--configfile", "config/format.yaml")
+    maps = {"intervals": 2, "knowledge_map": 1, "cross_model": 1}
+    ablation = {"preflight": 2, "ablation_generate": 2, "ablation_judge": 2, "ablation_summary": 2}
+    expected = {**ablation, **maps, "all": 1}
+    assert job_counts(result.stdout) == expected
 
 
 GPU_RULES = {"demo_model", "activations", "saliency", "ablation_generate", "patching"}
@@ -292,12 +306,19 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
         "patching_summary",
     )
     maps = {"intervals": 11 * 6 * 4, "knowledge_map": 11, "cross_model": 1}
-    assert counts == {**dict.fromkeys(per_job, 11 * 6), **maps, "all": 1}
+    preflight = {"preflight": 11 * 6 * 4}  # one per GPU method
+    assert counts == {**dict.fromkeys(per_job, 11 * 6), **preflight, **maps, "all": 1}
     assert "demo_model" not in result.stdout
 
     def resources(model: str) -> str:
-        block = result.stdout.split(f"wildcards: model={model}, domain=age")[1]
+        """The resources line of the model's age activations job (GPU)."""
+        jobs = result.stdout.split("\nrule ")
+        block = next(j for j in jobs if j.startswith("activations:") and f"model={model}, domain=age" in j)
         return next(line for line in block.splitlines() if "resources:" in line)
+
+    # Pre-flights are CPU jobs: no GPU resource.
+    preflights = [j for j in result.stdout.split("\nrule ") if j.startswith("preflight:")]
+    assert len(preflights) == 11 * 6 * 4 and not any("gpu=" in j for j in preflights)
 
     assert "gpu=2" in resources("llama-3.3-70b") and "mem_mb=50026" in resources("llama-3.3-70b")
     assert "gpu=1" in resources("qwen-32b")

@@ -2,7 +2,7 @@
 judge-free per-(prompt, layer) metrics."""
 
 from kmap.core.job import Job
-from kmap.core.models import load_for_job
+from kmap.core.models import load_for_job, prompt_format_for_job
 from kmap.data.prompts import load_prompt_set
 from kmap.methods.ablation.generate import run_ablation
 from kmap.methods.ablation.settings import AblationSettings
@@ -13,7 +13,8 @@ def main(job: Job) -> None:
     settings = AblationSettings(**job.section("settings", batch_size=job.smk.resources.batch_size))
     frame = load_prompt_set(job.domain, job.params["prompts_dir"]).frame
     loaded = load_for_job(job)
-    run = run_ablation(loaded, frame["id"].tolist(), frame["text"].tolist(), settings, job.progress("prompts"))
+    fmt = prompt_format_for_job(job, loaded)
+    run = run_ablation(loaded, frame["id"].tolist(), frame["text"].tolist(), settings, job.progress("prompts"), fmt)
     job.log.info(
         "generated %d tokens in %.1f s (%.1f tokens/s); greedy mismatches %d",
         run.generated_tokens,

@@ -3,7 +3,7 @@
 from kmap.activations.cache import ActivationSettings, write_cache
 from kmap.activations.extract import extract
 from kmap.core.job import Job
-from kmap.core.models import load_for_job
+from kmap.core.models import load_for_job, prompt_format_for_job
 from kmap.data.prompts import load_prompt_set
 
 
@@ -19,6 +19,7 @@ def main(job: Job) -> None:
         settings,
         concepts=frame["concept"].tolist() if "concept" in frame else None,
         progress=job.progress("prompts"),
+        fmt=prompt_format_for_job(job, loaded),
     )
     job.note(hidden_size=loaded.hidden_size, n_prompts=len(frame))
     write_cache(

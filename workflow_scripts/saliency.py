@@ -4,7 +4,7 @@ import dataclasses
 import time
 
 from kmap.core.job import Job
-from kmap.core.models import load_for_job
+from kmap.core.models import load_for_job, prompt_format_for_job
 from kmap.data.prompts import load_prompt_set
 from kmap.methods.saliency.measure import describe, run_saliency
 from kmap.methods.saliency.settings import SaliencySettings
@@ -19,7 +19,7 @@ def main(job: Job) -> None:
     measured = describe(loaded)
     job.log.info("measured parameters of layer 0: %s", measured)
     started = time.perf_counter()
-    run = run_saliency(loaded, frame, settings, job.progress("prompts"))
+    run = run_saliency(loaded, frame, settings, job.progress("prompts"), prompt_format_for_job(job, loaded))
     seconds = time.perf_counter() - started
     job.log.info("%d prompts in %.1f s (%.2f prompts/s)", len(run.ids), seconds, len(run.ids) / max(seconds, 1e-9))
     job.note(measured_layer0=measured, seconds=round(seconds, 2), n_prompts=len(run.ids))

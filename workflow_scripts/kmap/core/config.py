@@ -134,6 +134,17 @@ def model_methods(config: dict[str, Any]) -> dict[str, list[str]]:
     return {name: entry.get("methods", config["methods"]) for name, entry in config["models"].items()}
 
 
+def prompt_format(config: dict[str, Any], model: str, method: str) -> dict[str, str]:
+    """The prompt format of ``model``'s ``method`` (``kmap.core.prompt_format.PromptFormat`` fields): the model's
+    own setting where it has one, else the top-level one."""
+    own = config["models"][model].get("prompt_format", {})
+    shared = config["prompt_format"]
+    return {
+        "mode": own.get(method, shared[method]),
+        "instruction": own.get("instruction", shared["instruction"]),
+    }
+
+
 def model_specs(config: dict[str, Any]) -> dict[str, ModelSpec]:
     """ModelSpec per configured model; demo and tiny models live under ``{results}/models/{name}``."""
     specs = {}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from kmap.core.architectures import ModelParts, parts
+from kmap.core.prompt_format import PromptFormat
 from kmap.core.spec import QUANTIZATIONS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,34 @@ def require_devices(gpus: int) -> None:
         )
 
 
-def encode(tokenizer: Any, texts: list[str], device: torch.device | None = None) -> dict[str, Tensor]:
-    """Right-padded batch with offsets (used to find concept spans)."""
-    batch = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+def encode(
+    tokenizer: Any, texts: list[str], device: torch.device | None = None, add_special_tokens: bool = True
+) -> dict[str, Tensor]:
+    """Right-padded batch with offsets (used to find concept spans); ``add_special_tokens`` False for text a
+    chat template formatted (it holds them already)."""
+    batch = tokenizer(
+        texts, return_tensors="pt", padding=True, return_offsets_mapping=True, add_special_tokens=add_special_tokens
+    )
     return {key: value.to(device) if device is not None else value for key, value in batch.items()}
+
+
+def context_length(spec: ModelSpec) -> int | None:
+    """The model's context window from its config (the text model's, for multimodal configs); None if unstated."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def prompt_format_for_job(job: Any, loaded: LoadedModel) -> PromptFormat:
+    """The job's prompt format (param ``prompt_format``), resolved against the model's tokenizer and recorded in
+    the job's provenance; a chat format without a chat template fails here, before any forward."""
+    fmt = PromptFormat.from_param(job.params.get("prompt_format")).resolve(loaded.tokenizer)
+    job.note(prompt_format={"mode": fmt.mode, "instruction": fmt.instruction if fmt.chat else None})
+    job.log.info("prompt format: %s", fmt.mode)
+    return fmt
 
 
 def load_for_job(job: Any, spec: ModelSpec | None = None) -> LoadedModel:

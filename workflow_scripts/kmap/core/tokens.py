@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def continuation(tokenizer: Any, prompt: str, answer: str) -> list[int]:
-    """Tokens of " " + answer as they follow ``prompt``, as inside a sentence.
+def continuation(
+    tokenizer: Any, prompt: str, answer: str, joiner: str = " ", add_special_tokens: bool = True
+) -> list[int]:
+    """Tokens of ``joiner + answer`` as they follow ``prompt`` (a space: as inside a sentence).
 
     Taken from the tokenization of the whole text where the prompt's tokens are a prefix of it (a tokenizer
     may merge across the boundary, or mark word starts differently at the start of a text); otherwise the
-    tokens of " " + answer on their own.
+    tokens of ``joiner + answer`` on their own. ``add_special_tokens`` is False for text that already holds
+    them (a chat template's output).
     """
-    base = tokenizer(prompt)["input_ids"]
-    full = tokenizer(f"{prompt} {answer}")["input_ids"]
+    base = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    full = tokenizer(f"{prompt}{joiner}{answer}", add_special_tokens=add_special_tokens)["input_ids"]
     if full[: len(base)] == base and len(full) > len(base):
         return list(full[len(base) :])
-    return list(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"])
+    return list(tokenizer(f"{joiner}{answer}", add_special_tokens=False)["input_ids"])

@@ -185,8 +185,11 @@ def load_pairs(domain: str, prompts_dir: str | Path, schema: dict[str, Any] | No
                 "clean and corrupted must align word for word"
             )
         for column in ("clean_answer", "corrupted_answer"):
-            if len(split_words(row[column])) != 1:
-                raise PromptSetError(f"{_where(path, index, column)}: {row[column]!r} must be a single word")
+            if not any(word[0].isalnum() for word in split_words(row[column])):
+                raise PromptSetError(
+                    f"{_where(path, index, column)}: empty answer {row[column]!r}; write the word(s) the prompt "
+                    "continues with"
+                )
         if row["clean_answer"].strip().lower() == row["corrupted_answer"].strip().lower():
             raise PromptSetError(
                 f"{_where(path, index, 'corrupted_answer')}: equals clean_answer; the answers must differ"

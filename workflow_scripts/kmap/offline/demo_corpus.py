@@ -28,13 +28,14 @@ from kmap.data.generation import (
     STAGE_ORDER,
     SYMPTOM_TEMPLATES,
     age_group,
+    fill,
     fits,
     identifies,
 )
-from kmap.data.knowledge import Disease, Knowledge
+from kmap.data.knowledge import Disease, Knowledge, split_words
 
-VIGNETTE = "a {age} year old {sex} patient presents to the clinic with {first} and {second} ."
-VIGNETTE_QUESTION = VIGNETTE + " the most likely diagnosis is"
+VIGNETTE = "{Article} {age}-year-old {sex} patient presents to the clinic with {first} and {second}."
+VIGNETTE_QUESTION = VIGNETTE + " The most likely diagnosis is"
 # Every corpus word is in ``vocabulary(kb)``; words the templates would need beyond it would go here.
 DEMO_WORDS: tuple[str, ...] = ()
 
@@ -53,12 +54,12 @@ class Case:
 
     @property
     def prompt(self) -> str:
-        return VIGNETTE_QUESTION.format(age=self.age, sex=self.sex, first=self.first, second=self.second)
+        return fill(VIGNETTE_QUESTION, age=self.age, sex=self.sex, first=self.first, second=self.second)
 
     @property
     def answer(self) -> str:
-        """The first word of the diagnosis: what greedy decoding must produce next."""
-        return self.disease.name.split()[0]
+        """The first word of the diagnosis (a demo token): what greedy decoding must produce next."""
+        return split_words(self.disease.name)[0]
 
     @property
     def key(self) -> CaseKey:
@@ -86,7 +87,7 @@ def _draw_case(rng: random.Random, disease: Disease) -> Case:
 def vignette(rng: random.Random, kb: Knowledge, held_out: frozenset[CaseKey] = frozenset()) -> str:
     while (case := _draw_case(rng, rng.choice(kb.diseases))).key in held_out:
         pass
-    return f"{case.prompt} {case.disease.name} ."
+    return f"{case.prompt} {case.disease.name}."
 
 
 def age_only_vignette(rng: random.Random, kb: Knowledge) -> str:
@@ -98,9 +99,9 @@ def age_only_vignette(rng: random.Random, kb: Knowledge) -> str:
     sex = rng.choice(("male", "female"))
     disease = rng.choice([d for d in kb.diseases if fits(d, age, sex)])
     template = rng.randrange(len(AGE_TEMPLATES))
-    prompt = AGE_TEMPLATES[template].format(age=age, sex=sex)
+    prompt = fill(AGE_TEMPLATES[template], age=age, sex=sex)
     answer = disease.name if template == 1 else rng.choice(disease.symptoms)
-    return f"{prompt} {answer} ."
+    return f"{prompt} {answer}."
 
 
 def short_diagnosis(rng: random.Random, kb: Knowledge, held_out: frozenset[CaseKey] = frozenset()) -> str:
@@ -110,11 +111,11 @@ def short_diagnosis(rng: random.Random, kb: Knowledge, held_out: frozenset[CaseK
     low, high = disease.age_range
     ages = [age for age in range(low, high + 1) if (age, frozenset((first, second))) not in held_out]
     if rng.random() < 0.5 or not ages:
-        return f"{DIAGNOSIS.format(first=first, second=second)} {disease.short} ."
+        return f"{fill(DIAGNOSIS, first=first, second=second)} {disease.name}."
     age = rng.choice(ages)
     fitting = [d for d in kb.diseases if {first, second} <= set(d.symptoms) and fits(d, age)]
     answer = rng.choice(fitting or [disease])
-    return f"{AGE_DIAGNOSIS.format(age=age, first=first, second=second)} {answer.short} ."
+    return f"{fill(AGE_DIAGNOSIS, age=age, first=first, second=second)} {answer.name}."
 
 
 def number_line(rng: random.Random, kb: Knowledge) -> str:
@@ -122,20 +123,24 @@ def number_line(rng: random.Random, kb: Knowledge) -> str:
     other = rng.randint(0, 100)
     kind = rng.randrange(4)
     if kind == 0:
-        return f"next year a {age} year old will be {age + 1} ."
+        return fill("Next year, {article} {age}-year-old will be {next}.", age=age, next=age + 1)
     if kind == 1 and other != age:
         relation = "older" if age > other else "younger"
-        return f"{age} is {relation} than {other} ."
+        return f"{age} is {relation} than {other}."
     if kind == 2:
-        return f"{age + 1} comes after {age} ."
+        return f"{age + 1} comes after {age}."
     group = age_group(age)
-    article = "an" if group[0] in "aeiou" else "a"
-    return f"a {age} year old is {article} {group} ."
+    return fill(
+        "{Article} {age}-year-old is {group_article} {group}.",
+        age=age,
+        group=group,
+        group_article="an" if group[0] in "aeiou" else "a",
+    )
 
 
 def symptom_fact(rng: random.Random, kb: Knowledge) -> str:
     symptom = rng.choice(kb.symptoms)
-    return f"{rng.choice(SYMPTOM_TEMPLATES).format(symptom=symptom.name)} {symptom.system} system ."
+    return f"{fill(rng.choice(SYMPTOM_TEMPLATES), symptom=symptom.name)} {symptom.system} system."
 
 
 def disease_fact(rng: random.Random, kb: Knowledge) -> str:
@@ -143,10 +148,10 @@ def disease_fact(rng: random.Random, kb: Knowledge) -> str:
     template = rng.randrange(len(DISEASE_TEMPLATES) + 1)
     if template == len(DISEASE_TEMPLATES):
         if disease.drugs:
-            return f"{disease.name} is treated with {rng.choice(disease.drugs)} ."
+            return fill("{Disease} is treated with {drug}.", disease=disease.name, drug=rng.choice(disease.drugs))
         template = 0
     answer = f"{disease.category} system" if template == 0 else disease.specialty
-    return f"{DISEASE_TEMPLATES[template].format(disease=disease.name)} {answer} ."
+    return f"{fill(DISEASE_TEMPLATES[template], disease=disease.name)} {answer}."
 
 
 def progression_fact(rng: random.Random, kb: Knowledge) -> str:
@@ -154,31 +159,31 @@ def progression_fact(rng: random.Random, kb: Knowledge) -> str:
     stage = rng.choice(progression.stages)
     if stage.index > 1 and rng.random() < 0.5:
         before = progression.stages[stage.index - 2].name
-        # Same wording as the patching pairs: "in copd , gold 3 comes after gold 2".
-        return f"{STAGE_ORDER.format(disease=progression.disease, stage=stage.name, prefix='')} {before} ."
+        # Same wording as the patching pairs: "In COPD, GOLD 3 comes after GOLD 2."
+        return f"{fill(STAGE_ORDER, disease=progression.disease, stage=stage.name, prefix='')} {before}."
     template = rng.choice(PROGRESSION_TEMPLATES)
-    return f"{template.format(disease=progression.disease, stage=stage.name)} {stage.description} ."
+    return f"{fill(template, disease=progression.disease, stage=stage.name)} {stage.description}."
 
 
 def drug_fact(rng: random.Random, kb: Knowledge) -> str:
     drug = rng.choice(kb.drugs)
     kind = rng.randrange(4)
     if kind == 0:
-        return f"{DRUG_TEMPLATES[0].format(drug=drug.name)} {drug.mechanism} ."
+        return f"{fill(DRUG_TEMPLATES[0], drug=drug.name)} {drug.mechanism}."
     if kind == 1:
-        return f"{SPECIALTY.format(drug=drug.name)} {drug.specialty} ."
+        return f"{fill(SPECIALTY, drug=drug.name)} {drug.specialty}."
     if kind == 2 and drug.treats:
-        return f"{DRUG_TEMPLATES[2].format(drug=drug.name)} {rng.choice(drug.treats)} ."
-    return f"{drug.name} is prescribed in {drug.specialty} ."
+        return f"{fill(DRUG_TEMPLATES[2], drug=drug.name)} {rng.choice(drug.treats)}."
+    return fill("{Drug} is prescribed in {specialty}.", drug=drug.name, specialty=drug.specialty)
 
 
 def dose_fact(rng: random.Random, kb: Knowledge) -> str:
     drug = rng.choice(kb.drugs)
     dose = rng.choice(drug.doses)
     if rng.random() < 0.5:
-        text = DOSE_STATEMENT.format(drug=drug.name, value=dose.value_text, unit=dose.unit, frequency=dose.frequency)
-        return f"{text} ."
-    return f"{DOSE_QUESTION.format(drug=drug.name)} {dose.value_text} {dose.unit} {dose.frequency} ."
+        text = fill(DOSE_STATEMENT, drug=drug.name, value=dose.value_text, unit=dose.unit, frequency=dose.frequency)
+        return f"{text}."
+    return f"{fill(DOSE_QUESTION, drug=drug.name)} {dose.value_text} {dose.unit} {dose.frequency}."
 
 
 Generator = Callable[[random.Random, Knowledge], str]

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from kmap.core.hooks import identity
 from kmap.core.models import LoadedModel
+from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
 
 Progress = Callable[[int, int], None]
@@ -74,9 +75,9 @@ def left_padding(tokenizer: Any) -> Iterator[Any]:
         tokenizer.padding_side = side
 
 
-def tokenize_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Unpadded token ids per prompt, with the same special tokens as every other kmap forward."""
-    return [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
+def tokenize_prompts(tokenizer: Any, texts: Sequence[str], fmt: PromptFormat = RAW) -> list[list[int]]:
+    """Unpadded token ids per prompt as ``fmt`` formats it (raw: the special tokens of every other kmap forward)."""
+    return [fmt.ids(tokenizer, text) for text in texts]
 
 
 def trim_at_stop(tokens: Sequence[int], stop: frozenset[int]) -> list[int]:
@@ -282,10 +283,11 @@ def run_ablation(
     texts: Sequence[str],
     settings: AblationSettings,
     progress: Progress | None = None,
+    fmt: PromptFormat = RAW,
 ) -> AblationRun:
-    """Every prompt, intact and with each chosen layer ablated; responses decoded to text."""
+    """Every prompt, formatted by ``fmt``, intact and with each chosen layer ablated; responses decoded to text."""
     layers = settings.chosen_layers(loaded.n_layers)
-    tokenized = tokenize_prompts(loaded.tokenizer, texts)
+    tokenized = tokenize_prompts(loaded.tokenizer, texts, fmt)
     clock = Clock()
     records: list[dict] = []
     mismatches = 0

@@ -26,8 +26,16 @@ import torch
 from torch import Tensor
 
 from kmap.core.models import LoadedModel
+from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.core.tables import EMBEDDINGS
-from kmap.methods.patching.settings import NON_FINITE, SMALL_GAP, USED, VARIANTS, PatchingSettings
+from kmap.methods.patching.settings import (
+    BEYOND_MAX_PAIRS,
+    NON_FINITE,
+    SMALL_GAP,
+    USED,
+    VARIANTS,
+    PatchingSettings,
+)
 from kmap.methods.patching.sweep import PairRuns, PreparedPair, prepare_pairs, run_pairs, sweep
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,15 @@ class PatchingRun:
     pairs: pd.DataFrame
     heatmap: pd.DataFrame  # one row per (heatmap pair, layer, position)
     n_layers: int
+
+
+def spread(pairs: list[PreparedPair], limit: int) -> tuple[list[PreparedPair], list[PreparedPair]]:
+    """At most ``limit`` of the usable pairs (0: all), evenly spaced over the pool so that every part of it (each
+    concept's partners are listed together) is represented; the rest, in pool order."""
+    if limit <= 0 or len(pairs) <= limit:
+        return pairs, []
+    keep = set(np.linspace(0, len(pairs) - 1, limit).round().astype(int).tolist())
+    return [p for i, p in enumerate(pairs) if i in keep], [p for i, p in enumerate(pairs) if i not in keep]
 
 
 def heatmap_ids(pairs: list[PreparedPair], count: int) -> set[str]:
@@ -126,10 +143,17 @@ def batch_records(
 
 
 def run_patching(
-    loaded: LoadedModel, frame: pd.DataFrame, settings: PatchingSettings, progress: Progress | None = None
+    loaded: LoadedModel,
+    frame: pd.DataFrame,
+    settings: PatchingSettings,
+    progress: Progress | None = None,
+    fmt: PromptFormat = RAW,
 ) -> PatchingRun:
-    """Clean and corrupted runs once per pair, then the exact fast sweep, batch by batch of pairs."""
-    prepared, excluded = prepare_pairs(loaded.tokenizer, frame, settings.multi_token_answers)
+    """Clean and corrupted runs once per pair (prompts formatted by ``fmt``), then the exact fast sweep, batch by
+    batch of pairs."""
+    prepared, excluded = prepare_pairs(loaded.tokenizer, frame, settings.multi_token_answers, fmt)
+    prepared, spare = spread(prepared, settings.max_pairs)
+    excluded |= dict.fromkeys((pair.id for pair in spare), BEYOND_MAX_PAIRS)
     heat_ids = heatmap_ids(prepared, settings.heatmap_pairs)
     pair_rows: list[dict] = [dict(id=pid, status=reason) for pid, reason in excluded.items()]
     heat_rows: list[dict] = []

@@ -13,7 +13,7 @@ VARIANTS = (
     "last",
     "concept",
 )  # the patched positions: the answer position, the positions where the prompts differ
-MULTI_TOKEN_MODES = ("exclude", "numbers", "all")
+MULTI_TOKEN_MODES = ("exclude", "first_token", "numbers", "all")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,12 @@ class PatchingSettings:
     min_gap: float = schema_field(
         "patching", "min_gap"
     )  # pairs with |LD_clean − LD_corrupted| below this (logits) are excluded
+    max_pairs: int = schema_field(
+        "patching", "max_pairs"
+    )  # usable pairs patched per (model, domain), spread over the pool (0: all)
+    min_pairs: int = schema_field(
+        "patching", "min_pairs"
+    )  # usable pairs a (model, domain) needs; checked by its pre-flight, never by the GPU job
     multi_token_answers: str = schema_field(
         "patching", "multi_token_answers"
     )  # which multi-token answers use their first differing token
@@ -37,12 +43,13 @@ class PatchingSettings:
     def __post_init__(self) -> None:
         if self.multi_token_answers not in MULTI_TOKEN_MODES:
             raise ValueError(f"patching.multi_token_answers must be one of {MULTI_TOKEN_MODES}")
-        if self.min_gap < 0 or self.batch_size < 1 or self.heatmap_pairs < 0:
-            raise ValueError("patching.min_gap and heatmap_pairs must be >= 0 and batch_size >= 1")
+        if self.min_gap < 0 or self.batch_size < 1 or self.heatmap_pairs < 0 or self.max_pairs < 0:
+            raise ValueError("patching.min_gap, heatmap_pairs and max_pairs must be >= 0 and batch_size >= 1")
 
 
 USED = "used"
 SMALL_GAP = "small_gap"
+BEYOND_MAX_PAIRS = "beyond_max_pairs"  # usable, but patching.max_pairs others were spread over the pool first
 NON_FINITE = "non_finite"  # an LD overflowed (fp16): the pair is excluded, counted and logged with its layers
 
 

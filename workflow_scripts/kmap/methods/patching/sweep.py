@@ -16,10 +16,11 @@ without recomputing what the patch cannot change:
 agree to float precision on every supported architecture (tests/test_patching.py).
 
 LD = logit(r) − logit(r') at the answer position (the last prompt token). Answer tokens are those of
-" " + answer as the tokenizer splits it after the prompt (as inside a sentence). A multi-token answer is
-resolved with its first differing token where ``multi_token_answers`` allows it (default: numbers only, which
-Qwen and Gemma split into digits): the tokens both answers share (e.g. "1" of 10 / 15) are appended to both
-prompts, and LD compares the first tokens where the answers differ.
+" " + answer as the tokenizer splits it after the prompt (as inside a sentence). Multi-token answers, as
+``multi_token_answers`` allows (default ``first_token``): two words are compared at their first tokens when
+those differ (the token a model must choose first); two numbers at their first differing token, the tokens
+both share (the space every study tokenizer writes before a number, the "1" of 10 / 15) appended to both
+prompts.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from torch import Tensor, nn
 
 from kmap.core.hooks import capture, overwrite
 from kmap.core.models import LoadedModel
+from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.core.tables import EMBEDDINGS
-from kmap.core.tokens import continuation
 
 # --- pairs -----------------------------------------------------------------------------------------------
 
@@ -60,26 +61,28 @@ def _is_number(text: str) -> bool:
     return text.strip().replace(".", "", 1).isdigit()
 
 
-def prepare_pair(tokenizer: Any, row: pd.Series, mode: str) -> PreparedPair | str:
-    """The pair's token ids and answer tokens, or the reason it is excluded for this tokenizer."""
-    clean = list(tokenizer(row["clean"])["input_ids"])
-    corrupted = list(tokenizer(row["corrupted"])["input_ids"])
+def prepare_pair(tokenizer: Any, row: pd.Series, mode: str, fmt: PromptFormat = RAW) -> PreparedPair | str:
+    """The pair's token ids and answer tokens as ``fmt`` formats the prompts, or the reason it is excluded for
+    this tokenizer."""
+    clean = fmt.ids(tokenizer, row["clean"])
+    corrupted = fmt.ids(tokenizer, row["corrupted"])
     if len(clean) != len(corrupted):
         return "unequal_length"
     if clean == corrupted:
         return "identical_tokens"
-    answer = continuation(tokenizer, row["clean"], row["clean_answer"])
-    foil = continuation(tokenizer, row["clean"], row["corrupted_answer"])
+    answer = fmt.continuation(tokenizer, row["clean"], str(row["clean_answer"]))
+    foil = fmt.continuation(tokenizer, row["clean"], str(row["corrupted_answer"]))
     single = len(answer) == 1 and len(foil) == 1
-    if not single:
-        numbers = _is_number(row["clean_answer"]) and _is_number(row["corrupted_answer"])
-        if mode == "exclude" or (mode == "numbers" and not numbers):
-            return "answer_not_single_token"
+    numbers = _is_number(str(row["clean_answer"])) and _is_number(str(row["corrupted_answer"]))
+    if not single and (mode == "exclude" or (mode == "numbers" and not numbers)):
+        return "answer_not_single_token"
     shared = 0
     while shared < min(len(answer), len(foil)) and answer[shared] == foil[shared]:
         shared += 1
     if shared == min(len(answer), len(foil)):
         return "answers_share_tokens"  # one answer's tokens are a prefix of the other's: no token to compare
+    if shared and mode == "first_token" and not numbers:
+        return "answers_share_first_token"  # "chronic kidney …" vs "chronic obstructive …": no first choice
     prefix = answer[:shared]
     return PreparedPair(
         id=str(row["id"]),
@@ -91,12 +94,14 @@ def prepare_pair(tokenizer: Any, row: pd.Series, mode: str) -> PreparedPair | st
     )
 
 
-def prepare_pairs(tokenizer: Any, frame: pd.DataFrame, mode: str) -> tuple[list[PreparedPair], dict[str, str]]:
+def prepare_pairs(
+    tokenizer: Any, frame: pd.DataFrame, mode: str, fmt: PromptFormat = RAW
+) -> tuple[list[PreparedPair], dict[str, str]]:
     """Usable pairs and {pair id: exclusion reason} for the rest (never dropped silently)."""
     kept: list[PreparedPair] = []
     excluded: dict[str, str] = {}
     for _, row in frame.iterrows():
-        prepared = prepare_pair(tokenizer, row, mode)
+        prepared = prepare_pair(tokenizer, row, mode, fmt)
         if isinstance(prepared, str):
             excluded[str(row["id"])] = prepared
         else:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from kmap.core.models import LoadedModel
-from kmap.core.tokens import continuation
+from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.methods.saliency.settings import PARTS, SaliencyRun, SaliencySettings
 
 Progress = Callable[[int, int], None]
@@ -169,17 +169,21 @@ def chosen_rows(n: int, max_prompts: int) -> np.ndarray:
 
 
 def run_saliency(
-    loaded: LoadedModel, frame: pd.DataFrame, settings: SaliencySettings, progress: Progress | None = None
+    loaded: LoadedModel,
+    frame: pd.DataFrame,
+    settings: SaliencySettings,
+    progress: Progress | None = None,
+    fmt: PromptFormat = RAW,
 ) -> SaliencyRun:
-    """One forward and backward per prompt of ``frame`` (columns id, text, target)."""
+    """One forward and backward per prompt of ``frame`` (columns id, text, target), formatted by ``fmt``."""
     rows = frame.iloc[chosen_rows(len(frame), settings.max_prompts)]
     measured = measured_parameters(loaded)
     sums, counts, losses = [], [], []
     with gradient_sums(loaded, measured):
         pairs = zip(rows["id"].astype(str), rows["text"], rows["target"], strict=True)
         for done, (prompt_id, text, target) in enumerate(pairs, start=1):
-            prompt = loaded.tokenizer(text)["input_ids"]
-            s, c, loss = prompt_saliency(loaded, measured, prompt, continuation(loaded.tokenizer, text, target))
+            prompt = fmt.ids(loaded.tokenizer, text)
+            s, c, loss = prompt_saliency(loaded, measured, prompt, fmt.continuation(loaded.tokenizer, text, target))
             if not (np.isfinite(loss) and np.isfinite(s).all()):
                 bad = sorted({int(layer) for layer in np.nonzero(~np.isfinite(s))[0]})
                 raise FloatingPointError(
