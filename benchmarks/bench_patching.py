@@ -31,8 +31,9 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  
 from kmap.core.models import LoadedModel, load_model  # noqa: E402
 from kmap.core.spec import ModelSpec  # noqa: E402
 from kmap.data.prompts import load_pairs  # noqa: E402
+from kmap.methods.patching.pairs import prepare_pairs  # noqa: E402
 from kmap.methods.patching.run import patch_jobs  # noqa: E402
-from kmap.methods.patching.sweep import PairRuns, answer_ld, prepare_pairs, run_pairs, sweep  # noqa: E402
+from kmap.methods.patching.sweep import PairRuns, answer_ld, run_pairs, sweep  # noqa: E402
 
 
 def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int) -> torch.Tensor:

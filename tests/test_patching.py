@@ -14,10 +14,11 @@ import torch
 from kmap.core.models import LoadedModel
 from kmap.core.stats import bootstrap_indices
 from kmap.core.tables import EMBEDDINGS
+from kmap.methods.patching.pairs import PreparedPair, prepare_pair, prepare_pairs
 from kmap.methods.patching.run import run_patching
 from kmap.methods.patching.settings import SMALL_GAP, USED, PatchingSettings, exclusion_note
 from kmap.methods.patching.summary import heatmap_figure, summarise
-from kmap.methods.patching.sweep import PreparedPair, prepare_pair, prepare_pairs, run_pairs, start_at, sweep
+from kmap.methods.patching.sweep import run_pairs, start_at, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 VIGNETTE = "a {age} year old {sex} patient presents with chest pain and fever , most likely has"

@@ -17,7 +17,7 @@ from kmap.core.spec import ModelSpec
 from kmap.data.knowledge import load_knowledge
 from kmap.data.preflight import TOO_LONG, USABLE, PreflightError, preflight_table, problems
 from kmap.data.prompts import load_pairs, load_prompt_set
-from kmap.methods.patching.sweep import prepare_pairs
+from kmap.methods.patching.pairs import prepare_pairs
 from kmap.offline.demo_train import demo_tokenizer
 from tests.workflow import REPO, run_entry
 

@@ -77,7 +77,7 @@ def test_pairs_per_domain(domain: str) -> None:
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_pairs_usable_on_the_demo_tokenizer(domain: str) -> None:
     """The demo model's tokenizer keeps at least 40 pairs per domain (the real tokenizers: test_real_tokenizers)."""
-    from kmap.methods.patching.sweep import prepare_pairs
+    from kmap.methods.patching.pairs import prepare_pairs
     from kmap.offline.demo_train import demo_tokenizer
 
     tokenizer = demo_tokenizer(load_knowledge(PROMPTS / "knowledge.yaml"))

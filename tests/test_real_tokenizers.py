@@ -15,7 +15,7 @@ from kmap.core.models import encode
 from kmap.core.prompt_format import PromptFormat, PromptFormatError
 from kmap.core.tokens import continuation
 from kmap.data.prompts import load_pairs
-from kmap.methods.patching.sweep import prepare_pair, prepare_pairs
+from kmap.methods.patching.pairs import prepare_pair, prepare_pairs
 from tests.real_tokenizers import FAMILIES, fetch_tokenizers, real_tokenizer
 
 # What each family's tokenizer.json does, as published: a BOS it adds itself, and how it splits " 1000".

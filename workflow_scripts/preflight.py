@@ -4,9 +4,9 @@ lengths against the context and, for patching, the usable pairs and their answer
 from pathlib import Path
 
 from kmap.core.job import Job
-from kmap.core.models import context_length, load_tokenizer
 from kmap.core.prompt_format import PromptFormat
 from kmap.core.provenance import code_version
+from kmap.core.tokenizer import context_length, load_tokenizer
 from kmap.data.preflight import PreflightError, preflight_table, problems, summary
 from kmap.data.prompts import load_pairs, load_prompt_set
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from kmap.core.architectures import ModelParts, parts
 from kmap.core.prompt_format import PromptFormat
 from kmap.core.spec import QUANTIZATIONS, ModelSpec
+from kmap.core.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ def _quantization_config(spec: ModelSpec) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=DTYPES.get(spec.dtype, torch.bfloat16),
     )
-
-
-def load_tokenizer(spec: ModelSpec) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Right padding keeps every prompt's positions and causal context identical to an unbatched run.
-    tokenizer.padding_side = "right"
-    return tokenizer
 
 
 def load_model(
@@ -189,16 +177,6 @@ def encode(
         texts, return_tensors="pt", padding=True, return_offsets_mapping=True, add_special_tokens=add_special_tokens
     )
     return {key: value.to(device) if device is not None else value for key, value in batch.items()}
-
-
-def context_length(spec: ModelSpec) -> int | None:
-    """The model's context window from its config (the text model's, for multimodal configs); None if unstated."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None)
-    return int(value) if value else None
 
 
 def prompt_format_for_job(job: Any, loaded: LoadedModel) -> PromptFormat:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from kmap.core.prompt_format import PromptFormat
-from kmap.methods.patching.sweep import prepare_pair
+from kmap.methods.patching.pairs import prepare_pair
 
 USABLE = "usable"
 FITS = "fits"

@@ -28,6 +28,7 @@ from torch import Tensor
 from kmap.core.models import LoadedModel
 from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.core.tables import EMBEDDINGS
+from kmap.methods.patching.pairs import PreparedPair, prepare_pairs
 from kmap.methods.patching.settings import (
     BEYOND_MAX_PAIRS,
     NON_FINITE,
@@ -36,7 +37,7 @@ from kmap.methods.patching.settings import (
     VARIANTS,
     PatchingSettings,
 )
-from kmap.methods.patching.sweep import PairRuns, PreparedPair, prepare_pairs, run_pairs, sweep
+from kmap.methods.patching.sweep import PairRuns, run_pairs, sweep
 
 log = logging.getLogger(__name__)
 
