@@ -169,6 +169,8 @@ def test_chat_format_one_bos_instruction_then_prompt_then_generation_prompt(fami
     text, start = fmt.render(tok, VIGNETTE)
     assert text[start : start + len(VIGNETTE)] == VIGNETTE and text.index("Answer as a physician.") < start
     assert len(text) > start + len(VIGNETTE)  # the assistant turn's header follows the prompt
+    if family_name == "qwen3":  # thinking switched off: the template closes an empty thinking block
+        assert text.endswith("<think>\n\n</think>\n\n")
     ids = fmt.ids(tok, VIGNETTE)
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
     if BOS[family_name] is not None:

@@ -60,8 +60,10 @@ class PromptFormat:
         if not self.chat:
             return text, 0
         content = f"{self.instruction}\n\n{text}" if self.instruction else text
+        # enable_thinking=False: reasoning models (Qwen3) answer at once, so a layer's effect shows in the answer
+        # rather than in a thinking block; templates without the switch ignore it.
         formatted = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
         start = formatted.rfind(text)
         if start < 0:
