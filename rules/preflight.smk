@@ -1,4 +1,4 @@
-# Pre-flight per (model, domain, method): the tokenizer alone (no weights, no GPU) checks the prompts of a GPU
+# Pre-flight per (hf model, domain, method): the tokenizer alone (no weights, no GPU) checks the prompts of a GPU
 # method as that method formats them (token lengths against the context) and, for patching, which pairs the
 # tokenizer can use. Each GPU rule waits for its own pre-flight, so a domain that cannot run fails there, before
 # any GPU is requested. A pre-flight has exactly its GPU job's data inputs and data settings, so it reruns exactly
@@ -21,6 +21,7 @@ rule preflight:
     log:
         f"{RESULTS}/logs/preflight/{{model}}/{{domain}}.{{method}}.log",
     wildcard_constraints:
+        model=alternation(names_of("hf")),
         method="|".join(GPU_METHODS),
     conda:
         "../envs/gpu.yaml"

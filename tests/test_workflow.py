@@ -143,7 +143,6 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
         result = snakemake(ran, "-n", "--configfile", "config/test.yaml")
         # Patching reads the pairs file, not the prompt file: it stays valid.
         assert plan == {
-            "preflight": 4,  # demo: activations, saliency, ablation (patching reads pairs); tiny-llama: activations
             "activations": 2,
             "umap": 1,
             "saliency": 1,
@@ -170,7 +169,7 @@ def test_editing_patching_pairs_reruns_only_patching(ran: Path) -> None:
     pairs.write_text("".join(lines[:-1]))  # drop the last pair
     try:
         maps = {"intervals": 1, "knowledge_map": 1, "cross_model": 1}
-        assert _plan(ran) == {"preflight": 1, "patching": 1, "patching_summary": 1, **maps, "all": 1}
+        assert _plan(ran) == {"patching": 1, "patching_summary": 1, **maps, "all": 1}
     finally:
         pairs.write_text(original)
 
@@ -195,7 +194,7 @@ def test_changing_a_models_prompt_format_reruns_that_method_only(ran: Path) -> N
     write_config(ran, dict(FAST, models=models), "format.yaml")
     result = snakemake(ran, "-n", "--configfile", "config/format.yaml")
     maps = {"intervals": 2, "knowledge_map": 1, "cross_model": 1}
-    ablation = {"preflight": 2, "ablation_generate": 2, "ablation_judge": 2, "ablation_summary": 2}
+    ablation = {"ablation_generate": 2, "ablation_judge": 2, "ablation_summary": 2}
     expected = {**ablation, **maps, "all": 1}
     assert job_counts(result.stdout) == expected
 
@@ -342,3 +341,42 @@ def test_too_small_gpus_fail_dry_run(tmp_path: Path) -> None:
     result = snakemake(work, "-n", "--configfile", "config/small.yaml", check=False)
     assert result.returncode != 0
     assert "'llama-3.3-70b'" in result.stdout + result.stderr and "quantization" in result.stdout + result.stderr
+
+
+def test_failed_preflight_stops_the_gpu_job_before_it_starts(tmp_path: Path) -> None:
+    """A hub-style model whose tokenizer cannot use enough pairs: its patching pre-flight fails, naming model,
+    domain and counts, and the GPU job never starts; the pre-flight of another method still passes."""
+    from kmap.data.knowledge import load_knowledge, vocabulary
+    from kmap.offline.tiny import build_tiny_model
+
+    repo = Path(__file__).resolve().parents[1]
+    model_dir = tmp_path / "local-llama"
+    words = vocabulary(load_knowledge(repo / "prompts" / "knowledge.yaml"))
+    build_tiny_model("llama", words, model_dir, n_layers=2, hidden_size=32)
+    work = copy_workflow(tmp_path / "wf")
+    config = {
+        "models": {
+            "local-llama": {
+                "kind": "hf",
+                "source": str(model_dir),
+                "n_layers": 2,
+                "dtype": "float32",
+                "methods": ["patching"],
+            }
+        },
+        "domains": ["disease"],
+        "patching": {"min_pairs": 10_000},
+    }
+    write_config(work, config)
+    targets = [
+        "results/patching/local-llama/disease.pairs.parquet",
+        "results/preflight/local-llama/disease.activations.csv",
+    ]
+    result = snakemake(work, *targets, "--keep-going", "--configfile", "config/test.yaml", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "local-llama/disease: only" in output and "patching.min_pairs is 10000" in output, output[-3000:]
+    assert not (work / "results" / "patching").exists()  # the GPU job never ran, not even its log
+    assert not (work / "results" / "logs" / "patching").exists()
+    assert (work / "results" / "preflight" / "local-llama" / "disease.activations.csv").exists()
+    assert not (work / "results" / "preflight" / "local-llama" / "disease.patching.csv").exists()
