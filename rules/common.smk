@@ -168,7 +168,7 @@ def preflight_inputs(wildcards):
 
 def preflight_table(method):
     """A GPU job's pre-flight table, for hub-style (kind hf) models: the demo and tiny models are built here from
-    the knowledge base's own vocabulary, run on the CPU, and fit every prompt and pair by construction (tested).
+    the knowledge base's own vocabulary and run on the CPU; every pair suits their tokenizers (tested).
     """
 
     def get(wildcards):
