@@ -29,6 +29,16 @@ DIGITS_1000 = {
 }
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("age", "symptoms", "disease", "progression", "drugs", "dosage")
+# Clean and corrupted differ in the age only; the answers' first tokens differ.
+AGE_PAIR = pd.Series(
+    {
+        "id": "age",
+        "clean": "A 45-year-old man with chest pain most likely has",
+        "corrupted": "A 72-year-old man with chest pain most likely has",
+        "clean_answer": "angina",
+        "corrupted_answer": "myocardial infarction",
+    }
+)
 VIGNETTE = "A 45-year-old woman presents with chest pain and dyspnea. The most likely diagnosis is"
 
 
@@ -123,15 +133,7 @@ def test_concept_positions_cover_exactly_the_concept(family: str, concept: str) 
 
 def test_pair_concept_positions_are_where_the_ages_differ(family: str) -> None:
     tok = real_tokenizer(family)
-    row = pd.Series(
-        {
-            "id": "age",
-            "clean": "A 45-year-old man with chest pain most likely has",
-            "corrupted": "A 72-year-old man with chest pain most likely has",
-            "clean_answer": "angina",
-            "corrupted_answer": "myocardial infarction",
-        }
-    )
+    row = AGE_PAIR
     pair = prepare_pair(tok, row, "all")
     assert not isinstance(pair, str), pair
     clean = tok.decode([pair.clean[i] for i in pair.concept])
@@ -200,15 +202,7 @@ def test_chat_concept_positions_skip_the_instruction(family_name: str) -> None:
 @pytest.mark.parametrize("family_name", [f for f, chat in CHAT.items() if chat])
 def test_chat_pair_keeps_concept_positions_and_first_token_answers(family_name: str) -> None:
     tok = real_tokenizer(family_name)
-    row = pd.Series(
-        {
-            "id": "age",
-            "clean": "A 45-year-old man with chest pain most likely has",
-            "corrupted": "A 72-year-old man with chest pain most likely has",
-            "clean_answer": "angina",
-            "corrupted_answer": "myocardial infarction",
-        }
-    )
+    row = AGE_PAIR
     raw, chat = prepare_pair(tok, row, "first_token"), prepare_pair(tok, row, "first_token", PromptFormat("chat"))
     assert not isinstance(raw, str) and not isinstance(chat, str)
     offset = len(chat.clean) - len(raw.clean)  # the template's tokens before and after the prompt
