@@ -203,6 +203,27 @@ def test_aggregates_ratio_of_means_and_median_keep_overshoot() -> None:
     assert low < table.loc[("P_last", 0), "value"] < high
 
 
+def test_pairs_are_oriented_by_the_sign_of_their_denominator() -> None:
+    """Planted pairs of both signs: a clean prompt preferring the foil (LD_clean < LD_corrupted) keeps its own
+    P, and no longer cancels the other pairs in the ratio of means."""
+    records = []
+    # (clean, corrupted, patched at layer 0): per-pair P = 0.5, 0.5, 0.9; the last two prefer the foil.
+    planted = (("up", 2.0, 0.0, 1.0), ("down", -1.0, 0.0, -0.5), ("near", 0.0, 1.9, 0.19))
+    for pid, clean, corrupted, patched in planted:
+        for variant in ("last", "concept"):
+            for layer, ld in ((-1, corrupted), (0, patched)):
+                records.append(
+                    dict(id=pid, status=USED, variant=variant, layer=layer, ld_clean=clean, ld_corrupted=corrupted)
+                    | dict(ld_patched=ld)
+                )
+    metrics, _ = summarise(pd.DataFrame(records), "m", "d", n_layers=1, n_boot=20)
+    table = metrics.set_index(["metric", "layer"])["value"]
+    # Oriented: (1 + 0.5 + 1.71) / (2 + 1 + 1.9) = 0.655; with signs kept it would be -1.21 / -0.9 = 1.34.
+    assert table[("P_last", 0)] == pytest.approx((1.0 + 0.5 + 1.71) / (2.0 + 1.0 + 1.9))
+    assert table[("P_median_last", 0)] == pytest.approx(0.5)  # per-pair P unchanged by orientation
+    assert table[("P_last", -1)] == 0.0
+
+
 def test_no_usable_pair_gives_nan_rows_that_say_why() -> None:
     pairs = pd.DataFrame([dict(id="a", status="unequal_length"), dict(id="b", status=SMALL_GAP)])
     metrics, replicates = summarise(pairs, "m", "d", n_layers=2)

@@ -16,13 +16,20 @@ from kmap.methods.patching.settings import METHOD, USED, VARIANTS, exclusion_not
 
 
 def variant_matrices(pairs: pd.DataFrame, variant: str, layers: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """LD_patched − LD_corrupted [n_pairs, n_layers] and LD_clean − LD_corrupted [n_pairs] of used pairs."""
+    """LD_patched − LD_corrupted [n_pairs, n_layers] and LD_clean − LD_corrupted [n_pairs] of used pairs, each
+    pair oriented by the sign of its denominator.
+
+    A pair whose clean prompt prefers the foil has a negative denominator; both of its differences are negated,
+    which leaves its own P unchanged but keeps it from cancelling the others in the ratio of means (mean(den)
+    would otherwise drift toward 0 and P blow up)."""
     part = pairs[(pairs["status"] == USED) & (pairs["variant"] == variant)]
     patched = part.pivot(index="id", columns="layer", values="ld_patched").reindex(columns=layers)
     first = part.drop_duplicates("id").set_index("id").loc[patched.index]
     corrupted = first["ld_corrupted"].to_numpy(dtype=float)
     numerator = patched.to_numpy(dtype=float) - corrupted[:, None]
-    return numerator, first["ld_clean"].to_numpy(dtype=float) - corrupted
+    denominator = first["ld_clean"].to_numpy(dtype=float) - corrupted
+    sign = np.where(denominator < 0, -1.0, 1.0)
+    return numerator * sign[:, None], denominator * sign
 
 
 def ratio_of_means(
