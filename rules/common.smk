@@ -161,9 +161,10 @@ GPU_METHODS = ("activations", "saliency", "ablation", "patching")
 
 
 def preflight_inputs(wildcards):
-    name = "pairs" if wildcards.method == "patching" else "prompts"
-    path = f"{PROMPTS}/pairs/{wildcards.domain}.csv"
-    return {name: path if name == "pairs" else prompt_file(wildcards)}
+    """The data file its GPU job reads: the pairs for patching, the prompt set otherwise."""
+    if wildcards.method == "patching":
+        return {"pairs": f"{PROMPTS}/pairs/{wildcards.domain}.csv"}
+    return {"prompts": prompt_file(wildcards)}
 
 
 def preflight_table(method):
