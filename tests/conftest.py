@@ -110,3 +110,14 @@ def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedM
     make_model(DemoParams(seed=1), len(demo.tokenizer), demo.tokenizer).save_pretrained(root, safe_serialization=True)
     demo.tokenizer.save_pretrained(root)
     return load_model(ModelSpec(name="twin", kind="demo", source=str(root), dtype="float32"))
+
+
+# Heaviest first, so that under pytest-xdist (pyproject.toml: two workers, ``--dist loadgroup``) the long
+# end-to-end tests start at once and the many short ones fill the other worker around them; the SLURM test
+# first of all, because most of its time is spent waiting for the controller.
+HEAVY_FIRST = ("test_slurm.py", "test_workflow.py", "test_faults.py", "test_demo.py", "test_bad_inputs.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))

@@ -33,6 +33,9 @@ from kmap.offline.demo_train import (
     train_demo_model,
 )
 
+# One xdist worker runs this module: its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("demo")
+
 REPO = Path(__file__).resolve().parents[1]
 KB = load_knowledge(REPO / "prompts" / "knowledge.yaml")
 VIGNETTE = re.compile(

@@ -19,7 +19,10 @@ from kmap.activations.cache import read_cache
 from kmap.offline.tiny import build_tiny_model
 from tests.workflow import REPO, copy_workflow, snakemake, write_config
 
-pytestmark = pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed"),
+    pytest.mark.xdist_group("slurm"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,9 @@ import yaml
 from kmap.activations.cache import read_cache
 from tests.workflow import copy_workflow, job_counts, snakemake, write_config
 
+# One xdist worker runs this module: its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("workflow")
+
 FAST = {
     "results": "results",
     "prompts": "prompts",

@@ -42,9 +42,12 @@ def local_env(**extra: str) -> dict[str, str]:
     stub = Path(tempfile.gettempdir()) / "kmap-tests-no-slurm"
     script = stub / "scontrol"
     if not script.exists():
+        # Written aside and renamed: parallel test workers may create it at the same time.
         stub.mkdir(exist_ok=True)
-        script.write_text("#!/bin/sh\nexit 1\n")
-        script.chmod(0o755)
+        draft = stub / f".scontrol.{os.getpid()}"
+        draft.write_text("#!/bin/sh\nexit 1\n")
+        draft.chmod(0o755)
+        draft.replace(script)
     return {**os.environ, "PATH": f"{stub}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
