@@ -100,11 +100,11 @@ def test_map_figure_draws_selected_and_consensus_cells(tmp_path: Path) -> None:
 
 def test_map_settings_merge_partial_overrides_and_reject_unknown_keys() -> None:
     settings = MapSettings.from_dict({"metrics": {"ablation": ["logprob_drop"]}, "sigma": 2.0})
-    assert settings.metrics["ablation"] == ["logprob_drop"] and settings.metrics["patching"] == ["P_last"]
+    assert settings.metrics["ablation"] == ["logprob_drop"] and settings.metrics["patching"] == ["transfer_last"]
     assert settings.rule_params().sigma == 2.0
     assert settings.candidates("umap", "age") == (["r2"], "best_ci")
     assert settings.candidates("umap", "drugs") == (["silhouette:mechanism"], "rise")
-    assert settings.candidates("patching", "dosage") == (["P_last"], "percentile+rise")
+    assert settings.candidates("patching", "dosage") == (["transfer_last"], "percentile")
     with pytest.raises(ValueError, match="unknown setting"):
         MapSettings.from_dict({"sigmaa": 1})
 
@@ -135,18 +135,23 @@ def test_ablation_curve_uses_the_judge_only_when_it_scored() -> None:
 def test_table1_from_metric_tables_and_markdown() -> None:
     age_a, _ = _tables("umap", "r2", _bump(4) * 0.9, domain="age", model="a")
     age_b, _ = _tables("umap", "r2", _bump(9) * 0.7, domain="age", model="b")
-    dosage, _ = _tables("patching", "P_last", np.linspace(0, 1, len(LAYERS)), domain="dosage", model="a")
+    p_last, _ = _tables("patching", "P_last", np.linspace(0, 1, len(LAYERS)), domain="dosage", model="a")
+    transfer, _ = _tables("patching", "transfer_last", _bump(6) * 0.4, domain="dosage", model="a")
+    dosage = pd.concat([p_last, transfer])
     curves = concept_curves({("age", "umap"): pd.concat([age_a, age_b]), ("dosage", "patching"): dosage})
-    assert list(curves) == ["age R²", "dosage patching efficiency"]
+    study = "dosage patching max P_last (study's measure, ≥ 1 by identity)"
+    assert list(curves) == ["age R²", "dosage patching peak transfer", study]
     table = summary_table(curves)
     best = table.set_index(["concept", "model"])
     assert best.loc[("age R²", "a"), "layer"] == 4 and best.loc[("age R²", "b"), "layer"] == 9
     assert best.loc[("age R²", "b"), "value"] == pytest.approx(0.7)
-    assert best.loc[("dosage patching efficiency", "a"), "layer"] == 15
+    assert best.loc[("dosage patching peak transfer", "a"), "layer"] == 6
+    assert best.loc[(study, "a"), "layer"] == 15
     text = markdown_table(table)
     assert text.splitlines()[0] == "| concept | a | b |"
     assert "| age R² | 0.90 [0.85, 0.95] (L4) | 0.70 [0.65, 0.75] (L9) |" in text
-    assert "| dosage patching efficiency | 1.00 [0.95, 1.05] (L15) | n/a |" in text
+    assert "| dosage patching peak transfer | 0.40 [0.35, 0.45] (L6) | n/a |" in text
+    assert f"| {study} | 1.00 [0.95, 1.05] (L15) | n/a |" in text
 
 
 def test_cross_model_and_summary_figures_draw_every_model(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ per-layer loop on every architecture, pair preparation, aggregation, and the dem
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ import pytest
 import torch
 
 from kmap.core.models import LoadedModel
-from kmap.core.stats import bootstrap_indices
+from kmap.core.stats import bootstrap_indices, cluster_bootstrap_indices
 from kmap.core.tables import EMBEDDINGS
+from kmap.maps.table1 import concept_curves, summary_table
 from kmap.methods.patching.pairs import PreparedPair, prepare_pair, prepare_pairs
 from kmap.methods.patching.run import run_patching
 from kmap.methods.patching.settings import SMALL_GAP, USED, PatchingSettings, exclusion_note
-from kmap.methods.patching.summary import heatmap_figure, summarise
+from kmap.methods.patching.summary import TRANSFER, heatmap_figure, summarise
 from kmap.methods.patching.sweep import run_pairs, start_at, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +181,7 @@ def _planted_pairs() -> pd.DataFrame:
             for layer, ld in ((-1, 0.0), (0, patched)):
                 records.append(
                     dict(id=pid, status=USED, variant=variant, layer=layer, ld_clean=clean, ld_corrupted=0.0)
-                    | dict(ld_patched=ld)
+                    | dict(ld_patched=ld, clean_prompt=f"prompt {pid}")
                 )
     return pd.DataFrame(records)
 
@@ -190,8 +192,10 @@ def test_aggregates_ratio_of_means_and_median_keep_overshoot() -> None:
     assert table.loc[("P_last", 0), "value"] == pytest.approx((1.0 + 1.5 - 0.1) / (2.0 + 1.0 + 0.5))
     assert table.loc[("P_median_last", 0), "value"] == pytest.approx(0.5)
     assert table.loc[("P_last", -1), "value"] == 0.0
-    assert (metrics["n"] == 3).all() and (metrics["note"] == "excluded 1 of 4 pairs: 1 small_gap").all()
-    # Replicates: the same resampled pairs for every layer and metric, recomputed independently.
+    note = "excluded 1 of 4 pairs: 1 small_gap; CIs over 3 clean prompts"
+    assert (metrics["n"] == 3).all() and (metrics["note"] == note).all()
+    # Replicates: the same resampled pairs for every layer and metric, recomputed independently (one pair per
+    # clean prompt: the cluster bootstrap is the pair bootstrap, draw for draw).
     indices = bootstrap_indices(3, 50, 3)
     numerator, denominator = np.array([1.0, 1.5, -0.1]), np.array([2.0, 1.0, 0.5])
     expected = numerator[indices].mean(axis=1) / denominator[indices].mean(axis=1)
@@ -214,7 +218,7 @@ def test_pairs_are_oriented_by_the_sign_of_their_denominator() -> None:
             for layer, ld in ((-1, corrupted), (0, patched)):
                 records.append(
                     dict(id=pid, status=USED, variant=variant, layer=layer, ld_clean=clean, ld_corrupted=corrupted)
-                    | dict(ld_patched=ld)
+                    | dict(ld_patched=ld, clean_prompt=pid)
                 )
     metrics, _ = summarise(pd.DataFrame(records), "m", "d", n_layers=1, n_boot=20)
     table = metrics.set_index(["metric", "layer"])["value"]
@@ -224,10 +228,69 @@ def test_pairs_are_oriented_by_the_sign_of_their_denominator() -> None:
     assert table[("P_last", -1)] == 0.0
 
 
+def _curve_pairs(clusters: dict[str, list[tuple[float, list[float]]]]) -> pd.DataFrame:
+    """Used pairs from {clean prompt: [(LD_clean, LD_patched per layer -1..L-1)]}, LD_corrupted = 0, the same
+    patched LDs for both variants."""
+    records = []
+    for prompt, pairs in clusters.items():
+        for k, (clean, patched) in enumerate(pairs):
+            for variant in ("last", "concept"):
+                for layer, ld in enumerate(patched, start=-1):
+                    records.append(
+                        dict(id=f"{prompt}-{k}", status=USED, variant=variant, layer=layer, clean_prompt=prompt)
+                        | dict(ld_clean=clean, ld_corrupted=0.0, ld_patched=ld)
+                    )
+    return pd.DataFrame(records)
+
+
+def test_bootstrap_resamples_clean_prompts_with_their_pairs() -> None:
+    """Pairs sharing a clean prompt are one cluster: four prompts with three identical pairs each must give
+    exactly the replicates of the four prompts with one pair each (a pair bootstrap would treat the 12 pairs as
+    independent and give narrower CIs)."""
+    curves = {
+        "p1": (2.0, [0, 0.4, 2.0]),
+        "p2": (1.0, [0, 0.9, 1.0]),
+        "p3": (4.0, [0, 0.4, 4.0]),
+        "p4": (1.0, [0, 0, 1]),
+    }
+    once = _curve_pairs({p: [c] for p, c in curves.items()})
+    thrice = _curve_pairs({p: [c] * 3 for p, c in curves.items()})
+    _, single = summarise(once, "m", "d", n_layers=2, n_boot=200, seed=5)
+    metrics, clustered = summarise(thrice, "m", "d", n_layers=2, n_boot=200, seed=5)
+    pd.testing.assert_frame_equal(clustered, single)
+    assert (metrics["n"] == 12).all() and metrics["note"].str.endswith("CIs over 4 clean prompts").all()
+    # Each replicate holds whole clusters: rows of one prompt are drawn together.
+    clusters = ["a", "b", "b", "c", "c", "c"]
+    for rows in cluster_bootstrap_indices(clusters, 50, 1):
+        drawn = Counter(clusters[i] for i in rows)
+        assert all(count % clusters.count(c) == 0 for c, count in drawn.items())
+        assert sum(count // clusters.count(c) for c, count in drawn.items()) == 3
+    assert [r.tolist() for r in cluster_bootstrap_indices(list("xyz"), 20, 7)] == bootstrap_indices(3, 20, 7).tolist()
+
+
+def test_transfer_is_the_rise_of_p_last_and_table1_is_not_decided_by_the_final_layer() -> None:
+    """P_last = 1 at the final layer for any model; transfer_last (P_last minus the layer below) peaks where the
+    planted jump is, and Table 1's patching row reports that peak, not the identity."""
+    pairs = _curve_pairs({f"p{i}": [(2.0, [0.0, 0.4, 0.4, 1.8, 2.0])] for i in range(3)})
+    metrics, replicates = summarise(pairs, "m", "dosage", n_layers=4, n_boot=30)
+    transfer = metrics[metrics["metric"] == TRANSFER].set_index("layer")["value"]
+    assert np.isnan(transfer[-1])
+    np.testing.assert_allclose(transfer.loc[0:].to_numpy(), [0.2, 0.0, 0.7, 0.1], atol=1e-12)
+    rep = replicates[replicates["metric"] == TRANSFER].pivot(index="replicate", columns="layer", values="value")
+    last = replicates[replicates["metric"] == "P_last"].pivot(index="replicate", columns="layer", values="value")
+    np.testing.assert_allclose(rep[2], last[2] - last[1])
+    table = summary_table(concept_curves({("dosage", "patching"): metrics})).set_index("concept")
+    peak = table.loc["dosage patching peak transfer"]
+    assert peak["value"] == pytest.approx(0.7) and peak["layer"] == 2
+    study = table.loc[[c for c in table.index if c.startswith("dosage patching max P_last")][0]]
+    assert study["value"] == pytest.approx(1.0) and study["layer"] == 3
+
+
 def test_no_usable_pair_gives_nan_rows_that_say_why() -> None:
     pairs = pd.DataFrame([dict(id="a", status="unequal_length"), dict(id="b", status=SMALL_GAP)])
     metrics, replicates = summarise(pairs, "m", "d", n_layers=2)
-    assert len(metrics) == 4 * 3 and metrics["value"].isna().all() and (metrics["n"] == 0).all()
+    # P and P_median of both variants, and transfer_last, at layers -1, 0, 1.
+    assert len(metrics) == 5 * 3 and metrics["value"].isna().all() and (metrics["n"] == 0).all()
     assert exclusion_note(pairs) == "excluded 2 of 2 pairs: 1 small_gap, 1 unequal_length"
     assert replicates.empty
 
@@ -281,6 +344,29 @@ def test_demo_diagnosis_patching_rises_with_depth(demo: LoadedModel) -> None:
     assert concept.iloc[1:half].mean() >= concept.iloc[half:].mean()
 
 
+def test_table1_patching_row_separates_the_trained_demo_from_its_random_twin(
+    demo: LoadedModel, twin: LoadedModel
+) -> None:
+    """The study's maximum of P_last is about 1 for both (the final-layer identity); the peak transfer is high
+    for the trained model, which moves the drug into the answer position in one layer, and low for the random
+    twin, whose P_last creeps up layer by layer. min_gap 0, so the twin's pairs are used too."""
+    from kmap.data.prompts import load_pairs
+
+    frame = load_pairs("dosage", REPO / "prompts").frame
+    settings = PatchingSettings(heatmap_pairs=0, min_gap=0.0, max_pairs=32)
+    tables = {}
+    for name, model in (("demo", demo), ("twin", twin)):
+        metrics, _ = summarise(run_patching(model, frame, settings).pairs, name, "dosage", model.n_layers, 200)
+        tables[name] = metrics
+    table = summary_table(concept_curves({("dosage", "patching"): pd.concat(tables.values())}))
+    table = table.set_index(["concept", "model"])
+    peak = table.loc["dosage patching peak transfer"]
+    assert peak.loc["demo", "value"] > 0.9 and peak.loc["twin", "value"] < 0.6
+    assert peak.loc["twin", "ci_high"] < peak.loc["demo", "ci_low"]
+    study = table.xs("dosage patching max P_last (study's measure, ≥ 1 by identity)", level="concept")
+    assert (study["value"] >= 1.0 - 1e-5).all()
+
+
 def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
     tiny_dirs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -312,7 +398,8 @@ def test_non_finite_logit_differences_exclude_the_pair_and_name_layers(
     assert status["d1"] == USED and status["d2"] == USED
     assert "pair v2: non-finite patched LD at layers [1]" in caplog.text
     metrics, _ = summarise(run.pairs, "t", "d", model.n_layers, n_boot=20)
-    assert np.isfinite(metrics["value"]).all() and (metrics["n"] == 2).all()
+    defined = metrics[(metrics["metric"] != TRANSFER) | (metrics["layer"] >= 0)]  # no layer below layer -1
+    assert np.isfinite(defined["value"]).all() and (metrics["n"] == 2).all()
     assert "2 non_finite" in metrics["note"].iloc[0]
 
 

@@ -7,7 +7,7 @@ stability (the knowledge map) reruns the layer selection on these coherent repli
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,21 @@ def bootstrap_indices(n: int, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) ->
     if n < 1:
         raise ValueError("bootstrap needs at least one item")
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def cluster_bootstrap_indices(
+    clusters: Sequence[Hashable], n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> list[np.ndarray]:
+    """Replicates that resample clusters with replacement and take each drawn cluster's rows together.
+
+    ``clusters[i]`` is row i's cluster (patching: the clean prompt several pairs share, whose pairs are not
+    independent). Per replicate, the row indices of the drawn clusters, a cluster drawn twice contributing its
+    rows twice. Clusters are numbered in order of first appearance, so with one row per cluster this equals
+    ``bootstrap_indices`` over the rows, draw for draw."""
+    number: dict[Hashable, int] = {}
+    codes = np.array([number.setdefault(c, len(number)) for c in clusters], dtype=int)
+    members = [np.flatnonzero(codes == k) for k in range(len(number))]
+    return [np.concatenate([members[k] for k in draw]) for draw in bootstrap_indices(len(members), n_boot, seed)]
 
 
 def replicate(statistic: Callable[[np.ndarray], float], indices: np.ndarray) -> np.ndarray:

@@ -159,7 +159,9 @@ def teacher_forced(
             logits_to_keep=where.to(device),
             use_cache=False,
         )
-    return out.logits.float().log_softmax(dim=-1), targets.to(device), valid.to(device)
+    # On the LM head's device, which differs from the embeddings' on a model split over GPUs.
+    logits = out.logits.float()
+    return logits.log_softmax(dim=-1), targets.to(logits.device), valid.to(logits.device)
 
 
 def divergence(intact: Tensor, ablated: Tensor, targets: Tensor, valid: Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ class PreparedPair:
     answer: int  # r
     foil: int  # r'
     answer_mode: str  # "single" | "first_differing"
+    clean_text: str = ""  # the clean prompt as written: pairs sharing it form one bootstrap cluster
 
     @property
     def concept(self) -> tuple[int, ...]:
@@ -68,6 +69,7 @@ def prepare_pair(tokenizer: Any, row: pd.Series, mode: str, fmt: PromptFormat = 
         answer=int(answer[shared]),
         foil=int(foil[shared]),
         answer_mode="single" if single else "first_differing",
+        clean_text=str(row["clean"]),
     )
 
 

@@ -107,6 +107,7 @@ def non_finite_layers(lds: np.ndarray, labels: list[tuple]) -> dict[int, list[in
 def pair_record(pair: PreparedPair, runs: PairRuns, row: int, tokenizer: Any) -> dict[str, Any]:
     return dict(
         id=pair.id,
+        clean_prompt=pair.clean_text,
         answer_mode=pair.answer_mode,
         answer_token=tokenizer.decode([pair.answer]),
         foil_token=tokenizer.decode([pair.foil]),

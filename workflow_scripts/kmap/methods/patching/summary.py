@@ -3,12 +3,13 @@ figures, from the raw per-pair table the patching job writes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kmap.core.stats import bootstrap_indices, percentile_ci
+from kmap.core.stats import cluster_bootstrap_indices, percentile_ci
 from kmap.core.tables import EMBEDDINGS
 from kmap.methods.patching.settings import METHOD, USED, VARIANTS, exclusion_note
 
@@ -32,57 +33,83 @@ def variant_matrices(pairs: pd.DataFrame, variant: str, layers: list[int]) -> tu
     return numerator * sign[:, None], denominator * sign
 
 
+def used_clusters(pairs: pd.DataFrame) -> list[str]:
+    """The bootstrap cluster of each used pair, in the row order of ``variant_matrices`` (pair id): its clean
+    prompt, which several pairs (the clean concept against several partners) share."""
+    used = pairs[pairs["status"] == USED].drop_duplicates("id").set_index("id").sort_index()
+    return used["clean_prompt"].astype(str).tolist()
+
+
 def ratio_of_means(
-    numerator: np.ndarray, denominator: np.ndarray, indices: np.ndarray
+    numerator: np.ndarray, denominator: np.ndarray, indices: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Value [n_layers] and bootstrap replicates [B, n_layers] of mean(numerator) / mean(denominator)."""
     value = numerator.mean(axis=0) / denominator.mean()
-    replicates = numerator[indices].mean(axis=1) / denominator[indices].mean(axis=1)[:, None]
+    replicates = np.stack([numerator[rows].mean(axis=0) / denominator[rows].mean() for rows in indices])
     return value, replicates
 
 
-def median_ratio(numerator: np.ndarray, denominator: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def median_ratio(
+    numerator: np.ndarray, denominator: np.ndarray, indices: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Value and replicates of the median over pairs of per-pair P = numerator / denominator."""
     per_pair = numerator / denominator[:, None]
-    return np.median(per_pair, axis=0), np.median(per_pair[indices], axis=1)
+    return np.median(per_pair, axis=0), np.stack([np.median(per_pair[rows], axis=0) for rows in indices])
 
 
 AGGREGATES = {"P": ratio_of_means, "P_median": median_ratio}
+TRANSFER = "transfer_last"
+
+
+def _rows(metric: str, layers: list[int], values: np.ndarray, replicates: np.ndarray, n: int, note: str):
+    rows, reps = [], []
+    for j, layer in enumerate(layers):
+        low, high = percentile_ci(replicates[:, j])
+        rows.append(dict(layer=layer, metric=metric, value=values[j], ci_low=low, ci_high=high, n=n, note=note))
+        reps += [dict(layer=layer, metric=metric, replicate=b, value=v) for b, v in enumerate(replicates[:, j])]
+    return rows, reps
 
 
 def summarise(
     pairs: pd.DataFrame, model: str, domain: str, n_layers: int, n_boot: int = 200, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Metric rows (value, CI, n, note) and bootstrap replicates per (metric, layer -1..n_layers-1)."""
+    """Metric rows (value, CI, n, note) and bootstrap replicates per (metric, layer -1..n_layers-1).
+
+    CIs resample clean prompts (clusters) and take their pairs together; one draw serves every layer, variant
+    and metric. ``transfer_last`` is the rise of ``P_last`` from the layer below (layers 0..L-1): the share of
+    the answer that layer moves into the answer position. Unlike ``P_last``, whose final layer is 1 by identity,
+    it is free to differ between models (Table 1 and the map use it)."""
     layers = list(range(EMBEDDINGS, n_layers))
     note = exclusion_note(pairs)
     n_used = int((pairs.drop_duplicates("id")["status"] == USED).sum())
-    indices = bootstrap_indices(n_used, n_boot, seed) if n_used else None
+    if not n_used:
+        metrics = [f"{name}_{variant}" for variant in VARIANTS for name in AGGREGATES] + [TRANSFER]
+        rows = [
+            dict(layer=layer, metric=m, value=np.nan, n=0, note=note or "no pairs") for m in metrics for layer in layers
+        ]
+        return _frames(rows, [], model, domain)
+    clusters = used_clusters(pairs)
+    indices = cluster_bootstrap_indices(clusters, n_boot, seed)
+    note = "; ".join(filter(None, [note, f"CIs over {len(set(clusters))} clean prompts"]))
     rows, reps = [], []
+    curves = {}
     for variant in VARIANTS:
-        numerator, denominator = variant_matrices(pairs, variant, layers) if n_used else (None, None)
+        numerator, denominator = variant_matrices(pairs, variant, layers)
         for name, aggregate in AGGREGATES.items():
-            metric = f"{name}_{variant}"
-            if indices is None:
-                rows += [
-                    dict(layer=layer, metric=metric, value=np.nan, n=0, note=note or "no pairs") for layer in layers
-                ]
-                continue
             values, replicates = aggregate(numerator, denominator, indices)
-            for j, layer in enumerate(layers):
-                low, high = percentile_ci(replicates[:, j])
-                rows.append(
-                    dict(
-                        layer=layer,
-                        metric=metric,
-                        value=values[j],
-                        ci_low=low,
-                        ci_high=high,
-                        n=n_used,
-                        note=note,
-                    )
-                )
-                reps += [dict(layer=layer, metric=metric, replicate=b, value=v) for b, v in enumerate(replicates[:, j])]
+            curves[f"{name}_{variant}"] = values, replicates
+            new_rows, new_reps = _rows(f"{name}_{variant}", layers, values, replicates, n_used, note)
+            rows += new_rows
+            reps += new_reps
+    values, replicates = curves["P_last"]
+    # Layer -1 has no layer below: NaN there keeps the table rectangular.
+    nan = np.full((len(replicates), 1), np.nan)
+    transfer = np.concatenate([[np.nan], np.diff(values)]), np.concatenate([nan, np.diff(replicates, axis=1)], axis=1)
+    new_rows, new_reps = _rows(TRANSFER, layers, *transfer, n_used, note)
+    return _frames(rows + new_rows, reps + new_reps, model, domain)
+
+
+def _frames(rows: list[dict], reps: list[dict], model: str, domain: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = dict(model=model, domain=domain, method=METHOD)
     metrics = pd.DataFrame(rows).assign(**keys)
     for column in ("ci_low", "ci_high"):

@@ -63,6 +63,12 @@ class PairRuns:
         return mask
 
 
+def on(tensor: Tensor, rows: Tensor) -> Tensor:
+    """``tensor[rows]`` where it lives: a model split over devices keeps each layer's tensors on that layer's
+    device, while batch indices live with the embeddings."""
+    return tensor[rows.to(tensor.device)]
+
+
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -187,7 +193,7 @@ class PatchBatch:
 def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool) -> PatchBatch:
     """Gather once per batch of copies what every layer's patched run of it reuses."""
     start = int(_first_true(masks, runs.answer_pos[rows]).min()) if reuse else 0
-    prefix = [(keys[rows, :, :start], values[rows, :, :start]) for keys, values in runs.corrupted_kv]
+    prefix = [(on(keys, rows)[:, :, :start], on(values, rows)[:, :, :start]) for keys, values in runs.corrupted_kv]
     return PatchBatch(rows, masks, start, prefix if start > 0 else [])
 
 
@@ -207,8 +213,8 @@ def patched_ld(runs: PairRuns, loaded: LoadedModel, layer: int, batch: PatchBatc
     ``batch.start`` on."""
     rows, start = batch.rows, batch.start
     answer_pos = runs.answer_pos[rows]
-    clean = runs.clean_resid[layer][rows]
-    residual = torch.where(batch.masks.unsqueeze(-1).to(clean.device), clean, runs.corrupted_resid[layer][rows])
+    clean = on(runs.clean_resid[layer], rows)
+    residual = torch.where(batch.masks.unsqueeze(-1).to(clean.device), clean, on(runs.corrupted_resid[layer], rows))
     cache = _prefix_cache(batch, layer) if start > 0 else None
     width = runs.attention_mask.shape[1]
     keep = width - int(answer_pos.min())  # logits only from the earliest answer position on
@@ -228,7 +234,7 @@ def naive_patched_ld(runs: PairRuns, loaded: LoadedModel, layer: int, rows: Tens
     """Reference: a full corrupted forward with layer ``layer``'s output overwritten by a hook."""
     with (
         torch.inference_mode(),
-        overwrite(loaded.parts.layers, {layer: (masks, runs.clean_resid[layer][rows])}),
+        overwrite(loaded.parts.layers, {layer: (masks, on(runs.clean_resid[layer], rows))}),
     ):
         logits = loaded.model(
             input_ids=runs.corrupted_ids[rows], attention_mask=runs.attention_mask[rows], use_cache=False
@@ -258,7 +264,8 @@ def sweep(
         batch = patch_batch(runs, rows[chunk], masks[chunk], reuse and not naive)
         for index, layer in enumerate(layers):
             if naive:
-                out[index, chunk] = naive_patched_ld(runs, loaded, layer, batch.rows, batch.masks)
+                ld = naive_patched_ld(runs, loaded, layer, batch.rows, batch.masks)
             else:
-                out[index, chunk] = patched_ld(runs, loaded, layer, batch)
+                ld = patched_ld(runs, loaded, layer, batch)
+            out[index, chunk] = ld.to(out.device)
     return out
