@@ -198,3 +198,66 @@ def test_silhouette_ci_shrinks_with_more_prompts() -> None:
         assert row["ci_low"] <= row["value"] <= row["ci_high"]
         widths.append(row["ci_high"] - row["ci_low"])
     assert widths[1] < 0.6 * widths[0]
+
+
+def _template_confound(seed: int = 0) -> tuple[ActivationCache, pd.DataFrame]:
+    """Three templates far apart (as real prompt frames are) and, within each, four mechanisms that separate:
+    pooled over templates the activations cluster by template, not mechanism."""
+    rng = np.random.default_rng(seed)
+    rows = [(t, m) for t in range(3) for m in range(4) for _ in range(8)]
+    templates, mechanisms = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    frame_dirs, concept_dirs = rng.normal(0, 12, size=(3, 24)), rng.normal(0, 3, size=(4, 24))
+    planted = frame_dirs[templates] + concept_dirs[mechanisms] + rng.normal(0, 0.5, size=(len(rows), 24))
+    table = pd.DataFrame(
+        {"id": [f"p{i}" for i in range(len(rows))], "mechanism": mechanisms.astype(str), "template": templates}
+    )
+    return _cache(table, [rng.normal(size=planted.shape), planted]), planted
+
+
+def test_template_confound_is_removed_within_templates() -> None:
+    from sklearn.metrics import silhouette_score
+
+    cache, _ = _template_confound()
+    planted = cache.acts[1].astype(np.float64)  # as stored (float32)
+    metrics = run_geometry(cache, "m", "drugs", ("mechanism",), PARAMS, n_boot=50).metrics
+    table = cache.table
+    # The controlled raw silhouette is the size-weighted mean of scikit-learn's silhouette per template.
+    per_template = [
+        (
+            silhouette_score(
+                planted[table["template"] == t], table["mechanism"][table["template"] == t], metric="cosine"
+            ),
+            32,
+        )
+        for t in range(3)
+    ]
+    expected = sum(v * n for v, n in per_template) / sum(n for _, n in per_template)
+    assert _value(metrics, 0, "silhouette_raw:mechanism")["value"] == pytest.approx(expected, abs=1e-9)
+    controlled, pooled = _value(metrics, 0, "silhouette:mechanism"), _value(metrics, 0, "silhouette_pooled:mechanism")
+    assert controlled["value"] > 0.8 and controlled["value"] > pooled["value"] + 0.5, (controlled, pooled)
+    assert controlled["note"] == "within 3 of 3 templates, weighted by prompts" and controlled["n"] == 96
+    # The confound itself, as a diagnostic: prompts cluster by template where the frames are planted only.
+    assert _value(metrics, 0, "silhouette_pooled:template")["value"] > 0.1
+    assert abs(_value(metrics, -1, "silhouette_pooled:template")["value"]) < 0.05
+    # Without a template column the same prompts are one template: controlled and pooled coincide.
+    plain = _cache(table.drop(columns="template"), list(cache.acts))
+    again = run_geometry(plain, "m", "drugs", ("mechanism",), PARAMS, n_boot=50).metrics
+    assert _value(again, 0, "silhouette:mechanism")["value"] == pytest.approx(pooled["value"], abs=1e-12)
+    assert "silhouette_pooled:template" not in set(again["metric"])
+
+
+def test_age_r2_within_templates_removes_a_template_offset() -> None:
+    """Age on one axis, a template offset along the same axis that does not follow age: pooled R² suffers,
+    within-template R² is the size-weighted mean of each template's own grouped R²."""
+    from kmap.methods.umap.geometry import grouped_cv_r2, within_group_r2
+
+    rng = np.random.default_rng(4)
+    ages = np.tile(np.arange(20, 80), 3).astype(float)
+    templates = np.repeat([0, 1, 2], 60)
+    points = np.column_stack([ages / 60 + np.array([0.0, 3.0, -3.0])[templates], rng.normal(0, 0.01, size=(180, 3))])
+    within = within_group_r2(points, ages, templates, 5, 1e-3)
+    parts = [
+        grouped_cv_r2(points[templates == t], ages[templates == t], ages[templates == t], 5, 1e-3) for t in range(3)
+    ]
+    assert within == pytest.approx(np.mean(parts), abs=1e-12) and within > 0.99
+    assert grouped_cv_r2(points, ages, ages, 5, 1e-3) < 0.5

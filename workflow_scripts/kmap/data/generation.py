@@ -117,6 +117,7 @@ def symptom_prompts(kb: Knowledge) -> pd.DataFrame:
             "target": s.system,
             "symptom": s.name,
             "system": s.system,
+            "template": t,
         }
         for t, template in enumerate(SYMPTOM_TEMPLATES)
         for s in kb.symptoms
@@ -134,6 +135,7 @@ def disease_prompts(kb: Knowledge) -> pd.DataFrame:
             "disease": d.name,
             "category": d.category,
             "specialty": d.specialty,
+            "template": t,
         }
         for t, template in enumerate(DISEASE_TEMPLATES)
         for d in kb.diseases
@@ -151,6 +153,7 @@ def progression_prompts(kb: Knowledge) -> pd.DataFrame:
             "disease": p.disease,
             "stage": s.name,
             "stage_index": s.index,
+            "template": t,
         }
         for t, template in enumerate(PROGRESSION_TEMPLATES)
         for p in kb.progressions
@@ -174,6 +177,7 @@ def drug_prompts(kb: Knowledge) -> pd.DataFrame:
             "drug": d.name,
             "mechanism": d.mechanism,
             "specialty": d.specialty,
+            "template": t,
         }
         for t, template in enumerate(DRUG_TEMPLATES)
         for d in kb.drugs
@@ -195,7 +199,7 @@ def dosage_prompts(kb: Knowledge) -> pd.DataFrame:
                     "target": dose.frequency,
                     **common,
                 }
-                | {"kind": "statement"}
+                | {"kind": "statement", "template": 0}
             )
             rows.append(
                 {
@@ -204,9 +208,9 @@ def dosage_prompts(kb: Knowledge) -> pd.DataFrame:
                     "target": answer,
                 }
                 | common
-                | {"kind": "question"}
+                | {"kind": "question", "template": 1}
             )
-    columns = ["id", "text", "concept", "target", "drug", "dose", "unit", "kind"]
+    columns = ["id", "text", "concept", "target", "drug", "dose", "unit", "kind", "template"]
     return pd.DataFrame(rows)[columns]
 
 

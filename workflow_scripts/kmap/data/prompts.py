@@ -151,8 +151,10 @@ def load_prompt_set(domain: str, prompts_dir: str | Path, schema: dict[str, Any]
     labels = list(spec["labels"])
     _check_common(path, frame, list(schema["common_columns"]) + labels)
     kb = _knowledge(str(prompts_dir / "knowledge.yaml"))
-    for column, rule in spec["labels"].items():
+    optional = {c: r for c, r in schema.get("optional_labels", {}).items() if c in frame and c not in spec["labels"]}
+    for column, rule in {**spec["labels"], **optional}.items():
         frame[column] = _convert_label(path, frame, column, rule, kb)
+    labels += list(optional)
     for index, (text, concept) in enumerate(zip(frame["text"], frame["concept"], strict=True)):
         if concept and concept.lower() not in text.lower():
             raise PromptSetError(

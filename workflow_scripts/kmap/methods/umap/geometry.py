@@ -64,6 +64,41 @@ def silhouette_from_distances(distances: np.ndarray, labels: np.ndarray, weights
     return float(np.sum(w * s) / np.sum(w))
 
 
+def within_group_silhouettes(
+    distances: np.ndarray, labels: np.ndarray, groups: np.ndarray, min_per_label: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point silhouettes computed among the points of the same group only (a prompt template), and each
+    point's weight: 1 where it counts, 0 where its label has fewer than ``min_per_label`` points in its group or
+    its group has fewer than two such labels. The weighted mean of the points' values is the mean of the
+    groups' silhouettes weighted by the points they keep; with one group it is the plain silhouette."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    values, weights = np.zeros(len(labels)), np.zeros(len(labels))
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        names, counts = np.unique(labels[members], return_counts=True)
+        kept = np.isin(labels[members], names[counts >= min_per_label])
+        if len(np.unique(labels[members][kept])) < 2:
+            continue
+        s, _ = silhouette_values(distances[np.ix_(members, members)], labels[members], kept.astype(float))
+        values[members], weights[members] = s, kept
+    return values, weights
+
+
+def within_group_r2(
+    points: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int = 5, alpha: float = 1.0
+) -> float:
+    """Grouped cross-validated R² (folds grouped by ``target``) within each group (a prompt template), averaged
+    over the groups weighted by their size; groups where R² is undefined are left out. NaN when none is."""
+    values, sizes = [], []
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        value = grouped_cv_r2(points[members], target[members], target[members], folds, alpha)
+        if np.isfinite(value):
+            values.append(value)
+            sizes.append(len(members))
+    return float(np.average(values, weights=sizes)) if values else float("nan")
+
+
 def silhouette(points: np.ndarray, labels: np.ndarray, metric: str = "euclidean") -> float:
     return silhouette_from_distances(pairwise(points, metric), labels)
 

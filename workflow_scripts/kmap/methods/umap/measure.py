@@ -19,16 +19,17 @@ from kmap.methods.umap.geometry import (
     age_discontinuity,
     collapse_flags,
     effective_rank,
-    grouped_cv_r2,
     local_anisotropy,
     pairwise,
-    silhouette_values,
     stage_trajectory,
+    within_group_r2,
+    within_group_silhouettes,
 )
 
 log = logging.getLogger(__name__)
 
 MIN_PER_LABEL = 2  # fewer prompts per label than this make a silhouette meaningless
+TEMPLATE = "template"  # optional prompt-set column: geometry is measured within each template
 
 
 @dataclass
@@ -85,52 +86,83 @@ class _Rows:
         )
 
 
+def templates_of(table: pd.DataFrame) -> np.ndarray:
+    """Each prompt's template (the prompt set's optional ``template`` column; one template without it)."""
+    if TEMPLATE in table:
+        return table[TEMPLATE].astype(str).to_numpy()
+    return np.zeros(len(table), dtype=int)
+
+
+def _template_note(weights: np.ndarray, templates: np.ndarray) -> str:
+    total = len(np.unique(templates))
+    if total < 2:
+        return ""
+    used = len(np.unique(templates[weights > 0]))
+    return f"within {used} of {total} templates, weighted by prompts"
+
+
 def _silhouettes(
-    rows: _Rows, layer: int, distances: dict[str, np.ndarray], labels: pd.Series, name: str, indices: np.ndarray
+    rows: _Rows,
+    layer: int,
+    distances: dict[str, np.ndarray],
+    labels: pd.Series,
+    name: str,
+    indices: np.ndarray,
+    templates: np.ndarray,
+    pooled: bool = True,
 ) -> None:
-    counts = labels.value_counts()
-    keep = labels.isin(counts[counts >= MIN_PER_LABEL].index).to_numpy()
+    """Silhouettes by ``name`` within each template (the map's and Table 1's value), and pooled over templates
+    on the embedding (``silhouette_pooled``, a diagnostic: prompts that share a template cluster together)."""
     values = labels.to_numpy()
-    for prefix, matrix in distances.items():
+    variants = [(prefix, matrix, templates) for prefix, matrix in distances.items()]
+    if pooled:
+        variants.append(("silhouette_pooled", distances["silhouette"], np.zeros(len(values), dtype=int)))
+    for prefix, matrix, groups in variants:
         metric = f"{prefix}:{name}"
-        if len(np.unique(values[keep])) < 2:
-            rows.metric(
-                layer,
-                metric,
-                float("nan"),
-                None,
-                int(keep.sum()),
-                f"fewer than 2 labels with >= {MIN_PER_LABEL} prompts",
-            )
+        # CI: resample the prompts' silhouettes, each computed once against all prompts (of its template).
+        # Recomputing the silhouette on each resample is biased downwards when labels are small (b(i) is a
+        # minimum over noisy label means): on the demo's 60 drug mechanisms of 3-12 prompts, -0.22 on all
+        # prompts but -0.42 on average over resamples, so its percentile interval excluded the estimate.
+        per_point, weights = within_group_silhouettes(matrix, values, groups, MIN_PER_LABEL)
+        if not weights.any():
+            where = " in any template" if len(np.unique(groups)) > 1 else ""
+            note = f"fewer than 2 labels with >= {MIN_PER_LABEL} prompts{where}"
+            rows.metric(layer, metric, float("nan"), None, 0, note)
             continue
-        # CI: resample the prompts' silhouettes, each computed once against all prompts. Recomputing the
-        # silhouette on each resample is biased downwards when labels are small (b(i) is a minimum over noisy
-        # label means): on the demo's 60 drug mechanisms of 3-12 prompts, -0.22 on all prompts but -0.42 on
-        # average over resamples, so its percentile interval excluded the estimate.
-        per_point, weights = silhouette_values(matrix, values, keep.astype(float))
         value = float(np.sum(weights * per_point) / np.sum(weights))
         with np.errstate(invalid="ignore", divide="ignore"):
             reps = (per_point * weights)[indices].sum(axis=1) / weights[indices].sum(axis=1)
-        rows.metric(layer, metric, value, reps, int(keep.sum()))
+        rows.metric(layer, metric, value, reps, int(weights.sum()), _template_note(weights, groups))
 
 
 def _age_metrics(
-    rows: _Rows, layer: int, z: np.ndarray, table: pd.DataFrame, params: UmapParams, indices: np.ndarray
+    rows: _Rows,
+    layer: int,
+    z: np.ndarray,
+    table: pd.DataFrame,
+    params: UmapParams,
+    indices: np.ndarray,
+    templates: np.ndarray,
 ) -> None:
     ages = table["age"].to_numpy(dtype=float)
-    subsets = {"r2": np.ones(len(ages), dtype=bool)}
+    everyone = np.ones(len(ages), dtype=bool)
+    # R² within each template (weighted by size), per gender too; pooled over templates as a diagnostic.
+    subsets = {"r2": (everyone, templates)}
     if "gender" in table:
-        subsets |= {f"r2:{g}": (table["gender"] == g).to_numpy() for g in sorted(table["gender"].unique())}
-    for name, mask in subsets.items():
-        points, target = z[mask], ages[mask]
+        subsets |= {f"r2:{g}": ((table["gender"] == g).to_numpy(), templates) for g in sorted(table["gender"].unique())}
+    subsets["r2_pooled"] = (everyone, np.zeros(len(ages), dtype=int))
+    for name, (mask, all_groups) in subsets.items():
+        points, target, groups = z[mask], ages[mask], all_groups[mask]
 
-        def statistic(sample: np.ndarray, points: np.ndarray = points, target: np.ndarray = target) -> float:
-            return grouped_cv_r2(points[sample], target[sample], target[sample], params.cv_folds, params.ridge_alpha)
+        def statistic(
+            sample: np.ndarray, points: np.ndarray = points, target: np.ndarray = target, groups: np.ndarray = groups
+        ) -> float:
+            return within_group_r2(points[sample], target[sample], groups[sample], params.cv_folds, params.ridge_alpha)
 
-        value = grouped_cv_r2(points, target, target, params.cv_folds, params.ridge_alpha)
+        value = within_group_r2(points, target, groups, params.cv_folds, params.ridge_alpha)
         # Fewer replicates for R²: each is a full grouped cross-validation.
         reps = replicate(statistic, bootstrap_indices(len(target), max(20, len(indices) // 4), params.seed))
-        rows.metric(layer, name, value, reps, int(mask.sum()))
+        rows.metric(layer, name, value, reps, int(mask.sum()), _template_note(np.ones(len(groups)), groups))
     per_point = local_anisotropy(z, params.k_anisotropy)
     value, _, _, reps = mean_with_ci(per_point, indices)
     rows.metric(layer, "anisotropy", value, reps, len(per_point))
@@ -161,6 +193,7 @@ def run_geometry(
     table = cache.table.reset_index(drop=True)
     rows = _Rows(model, domain)
     indices = bootstrap_indices(len(table), n_boot, boot_seed)
+    templates = templates_of(table)
     coords, spreads = [], []
     embeddings = embed_layers(cache.acts, params, (params.n_components, 2), workers)
     for position, layer in enumerate(cache.layers):
@@ -169,9 +202,14 @@ def run_geometry(
         z, flat = embeddings[position][params.n_components], embeddings[position][2]
         distances = {"silhouette": pairwise(z), "silhouette_raw": pairwise(raw, "cosine")}
         for label in group_labels:
-            _silhouettes(rows, layer, distances, table[label].astype(str), label, indices)
+            _silhouettes(rows, layer, distances, table[label].astype(str), label, indices, templates)
+        if len(np.unique(templates)) > 1:
+            # How strongly prompts cluster by template: the confound the within-template values remove.
+            one = np.zeros(len(table), dtype=int)
+            by_template = {"silhouette_pooled": distances["silhouette"]}
+            _silhouettes(rows, layer, by_template, pd.Series(templates), TEMPLATE, indices, one, pooled=False)
         if domain == "age":
-            _age_metrics(rows, layer, z, table, params, indices)
+            _age_metrics(rows, layer, z, table, params, indices, templates)
         if domain == "progression":
             _progression_findings(rows, layer, z, table)
         # Collapse: scale-free spread (mean cosine distance between prompts) and effective rank of raw activations.
