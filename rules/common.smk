@@ -245,6 +245,11 @@ def model_cells(kind):
     return get
 
 
+def study_reference():
+    """The study's Table 1, when configured (editing it reruns only cross_model)."""
+    return config["study_reference"] or []
+
+
 def concept_tables():
     """The metric tables Table 1 reads: each concept's (domain, method) for every model that ran it."""
     wanted = {(d, m) for d, m, _ in DEFAULT_CONCEPTS.values() if d in DOMAINS}

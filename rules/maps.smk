@@ -68,6 +68,7 @@ rule cross_model:
             f"{RESULTS}/maps/{{model}}/consensus.parquet", model=MAP_MODELS
         ),
         metrics=concept_tables(),
+        study=study_reference(),
     output:
         map_png=summary_figure(
             f"{RESULTS}/summary/cross_model_map.png",
@@ -103,6 +104,8 @@ rule cross_model:
         runtime=10,
     params:
         figures=config["figures"],
+        # Hub ids, to find each model in the study's reference table.
+        sources={m: config["models"][m].get("source", "") for m in MAP_MODELS},
         code=code("cross_model"),
     script:
         "../workflow_scripts/cross_model.py"

@@ -15,6 +15,8 @@ from kmap.maps.table1 import concept_curves, markdown_table, summary_table
 
 LAYERS = np.arange(-1, 16)
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _tables(method: str, metric: str, curve: np.ndarray, domain: str = "disease", model: str = "m"):
     rng = np.random.default_rng(0)
@@ -194,3 +196,37 @@ def test_map_of_a_model_without_finite_curves_is_drawn_empty(tmp_path: Path) -> 
     assert cells.empty and str(cells["layer"].dtype) == "int64"
     drawn = draw_map(cells, consensus(cells), tmp_path / "m.png", tmp_path / "m.pdf", "m")
     assert drawn == {"selected_cells": 0, "consensus_cells": 0} and (tmp_path / "m.png").exists()
+
+
+def test_table1_shows_the_study_beside_this_run_for_the_same_models(tmp_path: Path) -> None:
+    from kmap.maps.figures import summary_figure
+    from kmap.maps.table1 import read_study, with_study
+
+    study = read_study(REPO / "config" / "study_table1.csv")
+    # Every published number of the method specification, for the five study models and six concepts.
+    assert len(study) == 30 and set(study["study_model"]) == {
+        "Llama-3.3-70B",
+        "Gemma-3-27B",
+        "MedGemma-27B",
+        "Qwen-32B",
+        "GPT-OSS-120B",
+    }
+    age_a, _ = _tables("umap", "r2", _bump(4) * 0.9, domain="age", model="llama")
+    age_b, _ = _tables("umap", "r2", _bump(9) * 0.7, domain="age", model="mine")
+    table = summary_table(concept_curves({("age", "umap"): pd.concat([age_a, age_b])}))
+    sources = {"llama": "meta-llama/Llama-3.3-70B-Instruct", "mine": "org/unpublished"}
+    both = with_study(table, study, sources).set_index("model")
+    assert both.loc["llama", "study_value"] == 1.0 and both.loc["llama", "study_layer"] == 3
+    assert both.loc["llama", "study_model"] == "Llama-3.3-70B" and pd.isna(both.loc["mine", "study_value"])
+    assert both.loc["llama", "value"] == pytest.approx(0.9)  # this run's value is untouched
+    text = markdown_table(both.reset_index())
+    assert "| age R² | this run 0.90 [0.85, 0.95] (L4); study 1.00 (L3) | 0.70 [0.65, 0.75] (L9) |" in text
+    assert "*study*: the published value" in text
+    assert summary_figure(both.reset_index(), tmp_path / "t.png", tmp_path / "t.pdf") == 2
+    # No configured model in the study: the table is this run's alone.
+    alone = with_study(table, study, {"llama": "", "mine": "org/unpublished"})
+    assert alone["study_value"].isna().all() and "study" not in markdown_table(alone)
+    broken = tmp_path / "study.csv"
+    broken.write_text("study_model,concept,value\nx,age R²,1\n")
+    with pytest.raises(ValueError, match=r"study.csv: missing column\(s\) \['sources', 'layer'\]"):
+        read_study(broken)

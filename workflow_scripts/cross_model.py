@@ -7,7 +7,7 @@ from kmap.core.job import Job
 from kmap.core.tables import read_table
 from kmap.maps.curves import read_cells
 from kmap.maps.figures import draw_cross_model, summary_figure
-from kmap.maps.table1 import concept_curves, markdown_table, summary_table
+from kmap.maps.table1 import concept_curves, markdown_table, read_study, summary_table, with_study
 
 
 def main(job: Job) -> None:
@@ -22,6 +22,15 @@ def main(job: Job) -> None:
         key = (str(table["domain"].iloc[0]), str(table["method"].iloc[0]))
         tables[key] = pd.concat([tables[key], table]) if key in tables else table
     table = summary_table(concept_curves(tables))
+    if job.smk.input.study:
+        study = read_study(job.smk.input.study)
+        table = with_study(table, study, job.params["sources"])
+        job.log.info(
+            "study reference %s: %d of %d rows matched",
+            job.smk.input.study,
+            table["study_value"].notna().sum(),
+            len(table),
+        )
     job.write_frame(table, out.table_csv)
     job.write_text(out.table_md, markdown_table(table))
     bars = summary_figure(table, out.table_png, out.table_pdf)

@@ -127,17 +127,21 @@ def summary_figure(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> int
         part = table[table["concept"] == concept].reset_index(drop=True)
         finite = part[np.isfinite(part["value"].to_numpy(dtype=float))]
         errors = np.vstack([finite["value"] - finite["ci_low"], finite["ci_high"] - finite["value"]]).clip(min=0)
-        ax.bar(finite.index, finite["value"], yerr=errors, capsize=3, color="#4c72b0")
+        ax.bar(finite.index, finite["value"], yerr=errors, capsize=3, color="#4c72b0", label="this run")
         for index, row in finite.iterrows():
             ax.annotate(f"L{int(row['layer'])}", (index, row["value"]), ha="center", va="bottom", fontsize=7)
         bars += len(finite)
+        if "study_value" in part and part["study_value"].notna().any():
+            published = part[part["study_value"].notna()]
+            ax.scatter(published.index, published["study_value"], marker="D", color="black", zorder=3, label="study")
+            ax.legend(fontsize=7, frameon=False)
         ax.set_xticks(part.index, part["model"], rotation=30, ha="right", fontsize=8)
         ax.set_title(concept, fontsize=9)
         ax.axhline(0, color="0.5", lw=0.6)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(concepts) :]:
         ax.axis("off")
-    fig.suptitle("Best layer per concept (95 % bootstrap CI; label: layer)")
+    fig.suptitle("Best layer per concept (bars: this run, 95 % bootstrap CI, label: layer; diamonds: study)")
     fig.tight_layout()
     save(fig, png, pdf)
     return bars

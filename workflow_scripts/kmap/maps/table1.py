@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,44 @@ def summary_table(best_of: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "concept", "value", "ci_low", "ci_high", "layer"])
 
 
+STUDY_COLUMNS = ("study_model", "sources", "concept", "value", "layer")
+
+
+def read_study(path: str | Path) -> pd.DataFrame:
+    """The study's published Table 1 (``config/study_table1.csv``): a row per (study model, concept), ``sources``
+    the hub ids (';'-separated) under which a configured model counts as that study model."""
+    study = pd.read_csv(path)
+    missing = [c for c in STUDY_COLUMNS if c not in study]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the header must be {list(STUDY_COLUMNS)}")
+    bad = ~np.isfinite(pd.to_numeric(study["value"], errors="coerce"))
+    if bad.any():
+        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}, column 'value': not a number")
+    return study
+
+
+def with_study(table: pd.DataFrame, study: pd.DataFrame, sources: Mapping[str, str]) -> pd.DataFrame:
+    """Table 1 with the study's value and layer beside this run's (``study_model``, ``study_value``,
+    ``study_layer``) for models whose hub id (``sources``: model -> hub id) is among a study row's sources; NaN
+    for the others and for concepts the study did not report."""
+    by_source = {
+        (source.strip().lower(), row.concept): row
+        for row in study.itertuples(index=False)
+        for source in str(row.sources).split(";")
+    }
+    extra = []
+    for model, concept in zip(table["model"], table["concept"], strict=True):
+        row = by_source.get((str(sources.get(model, "")).lower(), concept))
+        extra.append(
+            (row.study_model, float(row.value), float(row.layer)) if row is not None else (None, np.nan, np.nan)
+        )
+    out = table.copy()
+    out["study_model"] = pd.Series([e[0] for e in extra], index=table.index, dtype="string")
+    out["study_value"] = [e[1] for e in extra]
+    out["study_layer"] = pd.Series([e[2] for e in extra], index=table.index).astype("Int64")
+    return out
+
+
 def concept_curves(
     tables: Mapping[tuple[str, str], pd.DataFrame], concepts: Mapping[str, tuple[str, str, str]] = DEFAULT_CONCEPTS
 ) -> dict[str, pd.DataFrame]:
@@ -55,14 +94,25 @@ def markdown_table(table: pd.DataFrame) -> str:
     """Table 1 in Markdown: a row per concept, a column per model, 'value [ci_low, ci_high] (Lk)' cells."""
     models = list(dict.fromkeys(table["model"]))
     lines = ["| concept | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    study = "study_value" in table and table["study_value"].notna().any()
     for concept, part in table.groupby("concept", sort=False):
         cells = []
         for model in models:
             row = part[part["model"] == model]
-            if row.empty or not np.isfinite(row["value"].iloc[0]):
+            if row.empty:
                 cells.append("n/a")
                 continue
             r = row.iloc[0]
-            cells.append(f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] (L{int(r['layer'])})")
+            cell = "n/a"
+            if np.isfinite(r["value"]):
+                cell = f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] (L{int(r['layer'])})"
+            if study and pd.notna(r["study_value"]):
+                cell = f"this run {cell}; study {r['study_value']:.2f} (L{int(r['study_layer'])})"
+            cells.append(cell)
         lines.append(f"| {concept} | " + " | ".join(cells) + " |")
+    if study:
+        lines += [
+            "",
+            "*this run*: value [95 % CI] (best layer); *study*: the published value and layer for the same model.",
+        ]
     return "\n".join(lines) + "\n"
