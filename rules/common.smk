@@ -222,14 +222,19 @@ def all_targets():
 
 
 def map_tables(kind):
-    """A method's metric (or replicate) tables: ablation has a judge-free and a judge table."""
+    """A method's metric (or replicate) tables: ablation has a judge-free and a judge table. A method whose map
+    curve is contrasted with the other domains (map.contrast) reads every domain's tables."""
 
     def get(wildcards):
-        base = f"{RESULTS}/{wildcards.method}/{wildcards.model}/{wildcards.domain}"
-        extra = (
-            [f"{base}.judge_{kind}.parquet"] if wildcards.method == "ablation" else []
-        )
-        return [f"{base}.{kind}.parquet", *extra]
+        method = wildcards.method
+        contrasted = config["map"]["contrast"].get(method, "none") == "others"
+        tables = []
+        for domain in DOMAINS if contrasted else [wildcards.domain]:
+            base = f"{RESULTS}/{method}/{wildcards.model}/{domain}"
+            tables.append(f"{base}.{kind}.parquet")
+            if method == "ablation":
+                tables.append(f"{base}.judge_{kind}.parquet")
+        return tables
 
     return get
 

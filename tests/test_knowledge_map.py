@@ -230,3 +230,40 @@ def test_table1_shows_the_study_beside_this_run_for_the_same_models(tmp_path: Pa
     broken.write_text("study_model,concept,value\nx,age R²,1\n")
     with pytest.raises(ValueError, match=r"study.csv: missing column\(s\) \['sources', 'layer'\]"):
         read_study(broken)
+
+
+def test_contrast_with_other_domains_finds_a_planted_middle_layer() -> None:
+    """Saliency dominated by layer 0 in every domain (as measured on the demo and on real models): raw, the
+    percentile rule marks the first layers everywhere. One domain has extra mass at layer 8; contrasted with the
+    mean share of the other domains, its map row finds layer 8 and drops the shared first layers."""
+    from kmap.maps.curves import domain_curve
+
+    base = np.where(LAYERS >= 0, 10 * np.exp(-np.clip(LAYERS, 0, None) / 1.5) + 0.5, np.nan)
+    tables = []
+    for domain, scale in (("age", 1.0), ("symptoms", 3.0), ("disease", 0.5), ("drugs", 2.0)):
+        curve = scale * (base + (3 * _bump(8) if domain == "drugs" else 0))
+        tables.append(_tables("saliency", "saliency_combined", curve, domain=domain))
+    metrics = pd.concat([t[0] for t in tables], ignore_index=True)
+    replicates = pd.concat([t[1] for t in tables], ignore_index=True)
+    raw = MapSettings.from_dict({"contrast": {"saliency": "none"}})
+    for domain in ("age", "drugs"):
+        intervals, _ = curve_intervals(domain_curve(metrics, replicates, "saliency", domain, raw), raw.rule_params())
+        assert len(intervals) == 1 and intervals.iloc[0]["start"] == 0 and intervals.iloc[0]["end"] <= 3
+    settings = MapSettings()  # contrast "others" by default for saliency and ablation
+    curve = domain_curve(metrics, replicates, "saliency", "drugs", settings)
+    assert curve.contrast == "others (3 domains)"
+    # Shares: scale-free, so the symptoms domain's 3x larger gradients do not dominate the control.
+    share = lambda c: c[LAYERS >= 0] / np.nansum(np.abs(c[LAYERS >= 0]))  # noqa: E731
+    control = np.mean([share(s * base) for s in (1.0, 3.0, 0.5)], axis=0)
+    np.testing.assert_allclose(curve.values, share(2.0 * (base + 3 * _bump(8))) - control, atol=1e-12)
+    intervals, cells = curve_intervals(curve, settings.rule_params())
+    chosen = {layer for row in intervals.itertuples() for layer in range(row.start, row.end + 1)}
+    assert 8 in chosen and 0 not in chosen and 1 not in chosen, intervals
+    # The cells keep the raw curve beside the contrasted one.
+    drugs = metrics[(metrics["domain"] == "drugs") & (metrics["layer"] >= 0)]["value"].to_numpy()
+    np.testing.assert_allclose(cells["raw"], drugs)
+    assert (cells["contrast"] == "others (3 domains)").all() and intervals["contrast"].iloc[0] == "others (3 domains)"
+    assert curve.replicates.shape == (100, 16) and np.isfinite(curve.replicates).all()
+    # A domain alone has nothing to be contrasted with: its raw curve stands.
+    alone = domain_curve(metrics[metrics["domain"] == "age"], replicates, "saliency", "age", settings)
+    assert alone.contrast == "none" and alone.raw is None

@@ -153,7 +153,8 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
             "ablation_generate": 1,
             "ablation_judge": 1,
             "ablation_summary": 1,
-            "intervals": 3,  # disease: umap, saliency, ablation
+            # disease: umap, saliency, ablation; age: saliency, ablation (contrasted with disease, map.contrast)
+            "intervals": 5,
             "knowledge_map": 1,
             "cross_model": 1,
             "all": 1,

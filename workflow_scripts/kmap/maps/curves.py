@@ -8,6 +8,7 @@ score can stand for ablation when a judge ran and the judge-free KL otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import pandas as pd
 from kmap.core.settings import default, known_keys, schema_field
 from kmap.maps.intervals import RuleParams, select, selected_mask, smooth, stability
 
-INTERVAL_COLUMNS = ("model", "domain", "method", "metric", "rule", "start", "end", "score", "n_layers")
+INTERVAL_COLUMNS = ("model", "domain", "method", "metric", "contrast", "rule", "start", "end", "score", "n_layers")
 CELL_COLUMNS = (
     "model",
     "domain",
@@ -27,6 +28,8 @@ CELL_COLUMNS = (
     "layer",
     "depth",
     "value",
+    "raw",
+    "contrast",
     "smoothed",
     "selected",
     "stability",
@@ -41,6 +44,8 @@ CELL_DTYPES = {
     "layer": "int64",
     "depth": "float64",
     "value": "float64",
+    "raw": "float64",
+    "contrast": "string",
     "smoothed": "float64",
     "selected": "bool",
     "stability": "float64",
@@ -66,6 +71,8 @@ class MapCurve:
     values: np.ndarray
     ci_low: np.ndarray
     replicates: np.ndarray | None  # [B, n_layers] or None
+    raw: np.ndarray | None = None  # the method's own values where ``values`` is a contrast; else None
+    contrast: str = "none"  # what was subtracted: "none", or "others (k domains)"
 
 
 # The metric standing for each method on the map (first candidate with a finite value wins), and for UMAP the
@@ -74,6 +81,7 @@ class MapCurve:
 DEFAULT_METRICS: dict[str, list[str]] = default("map", "metrics")
 DEFAULT_RULES: dict[str, str] = default("map", "rules")
 DEFAULT_UMAP_METRICS: dict[str, str] = default("map", "umap_metrics")
+DEFAULT_CONTRAST: dict[str, str] = default("map", "contrast")
 
 
 # Table 1 of the study: concept -> (domain, method, metric).
@@ -90,6 +98,7 @@ class MapSettings:
     metrics: dict[str, list[str]] = schema_field("map", "metrics")
     rules: dict[str, str] = schema_field("map", "rules")
     umap_metrics: dict[str, str] = schema_field("map", "umap_metrics")
+    contrast: dict[str, str] = schema_field("map", "contrast")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> MapSettings:
@@ -98,6 +107,7 @@ class MapSettings:
         values["metrics"] = {**DEFAULT_METRICS, **values.get("metrics", {})}
         values["umap_metrics"] = {**DEFAULT_UMAP_METRICS, **values.get("umap_metrics", {})}
         values["rules"] = {**DEFAULT_RULES, **values.get("rules", {})}
+        values["contrast"] = {**DEFAULT_CONTRAST, **values.get("contrast", {})}
         return cls(**values)
 
     def rule_params(self) -> RuleParams:
@@ -139,6 +149,30 @@ def map_curve(
     return curve_from_tables(layers, reps, metric, rule)
 
 
+def domain_curve(
+    metrics: pd.DataFrame, replicates: pd.DataFrame | None, method: str, domain: str, settings: MapSettings
+) -> MapCurve | None:
+    """The curve ``domain`` contributes to the map from a method's tables of one model (any number of domains),
+    contrasted with the other domains' curves of the same metric when ``map.contrast`` asks for it."""
+
+    def of(table: pd.DataFrame | None, name: str) -> pd.DataFrame | None:
+        return None if table is None or table.empty else table[table["domain"] == name]
+
+    curve = map_curve(of(metrics, domain), of(replicates, domain), method, domain, settings)
+    if curve is None or settings.contrast.get(method, "none") != "others":
+        return curve
+    others = []
+    for other in sorted(set(metrics["domain"]) - {domain}):
+        rows = of(metrics, other)
+        rows = rows[(rows["layer"] >= 0) & (rows["metric"] == curve.metric)]
+        if np.isfinite(rows["value"].to_numpy(dtype=float)).any():
+            reps = of(replicates, other)
+            others.append(
+                curve_from_tables(rows, None if reps is None else reps[reps["layer"] >= 0], curve.metric, curve.rule)
+            )
+    return contrast_with_others(curve, others)
+
+
 def curve_from_tables(metrics: pd.DataFrame, replicates: pd.DataFrame | None, metric: str, rule: str) -> MapCurve:
     """One curve from a method's tidy tables (all rows of one model, domain and method)."""
     rows = metrics[metrics["metric"] == metric].sort_values("layer")
@@ -164,6 +198,41 @@ def curve_from_tables(metrics: pd.DataFrame, replicates: pd.DataFrame | None, me
     )
 
 
+def shares(values: np.ndarray) -> np.ndarray:
+    """Each layer's share of the curve (values over the sum of their magnitudes; rows of a 2-d array each):
+    curves of different scale (one domain's losses are larger) become comparable. NaN where the sum is 0."""
+    values = np.asarray(values, dtype=float)
+    total = np.nansum(np.abs(values), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, values / total, np.nan)
+
+
+def contrast_with_others(curve: MapCurve, others: Sequence[MapCurve]) -> MapCurve:
+    """The curve's per-layer share minus the mean share of the same model's other domains (same method and
+    metric): where this domain puts more of its mass than the others do. What every domain shares (the first
+    layers dominate raw saliency and ablation in every domain) cancels. Replicate b is contrasted with the
+    controls' replicate b (independent prompt sets); a control without replicates contributes its values."""
+    controls = [o for o in others if o.metric == curve.metric and np.array_equal(o.layers, curve.layers)]
+    if not controls:
+        return curve
+    control = np.nanmean([shares(o.values) for o in controls], axis=0)
+    reps = None
+    if curve.replicates is not None:
+        control_reps = np.nanmean(
+            [shares(o.replicates) if o.replicates is not None else shares(o.values)[None, :] for o in controls],
+            axis=0,
+        )
+        reps = shares(curve.replicates) - control_reps
+    return dataclasses.replace(
+        curve,
+        values=shares(curve.values) - control,
+        ci_low=np.full(len(curve.layers), np.nan),
+        replicates=reps,
+        raw=curve.values,
+        contrast=f"others ({len(controls)} domains)",
+    )
+
+
 def curve_intervals(curve: MapCurve, params: RuleParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(interval rows, per-layer cell rows) for one curve."""
     intervals = select(curve.rule, curve.layers, curve.values, params, ci_low=curve.ci_low)
@@ -175,6 +244,7 @@ def curve_intervals(curve: MapCurve, params: RuleParams) -> tuple[pd.DataFrame, 
                 curve.domain,
                 curve.method,
                 curve.metric,
+                curve.contrast,
                 curve.rule,
                 i.start,
                 i.end,
@@ -200,6 +270,8 @@ def curve_intervals(curve: MapCurve, params: RuleParams) -> tuple[pd.DataFrame, 
             "layer": curve.layers,
             "depth": curve.layers / max(n_layers, 1),
             "value": curve.values,
+            "raw": curve.values if curve.raw is None else curve.raw,
+            "contrast": curve.contrast,
             "smoothed": smoothed,
             "selected": selected_mask(curve.layers, intervals),
             "stability": stable,
