@@ -126,6 +126,45 @@ def test_only_routed_experts_count(moe: LoadedModel) -> None:
     np.testing.assert_allclose(per_prompt(run)["saliency_mlp"][0], expected[:, 1], rtol=1e-5)
 
 
+def test_stacked_expert_gradients_are_full_size_as_the_plan_budgets(moe: LoadedModel) -> None:
+    """Measured on the tiny GPT-OSS: with every token routed to 2 of 4 experts, the gradient autograd hands to
+    each stacked expert tensor still has the whole stack's size (zeros outside the routed experts). This is the
+    memory ``gpu_plan.expert_gradient_gib`` budgets for the gradient stage."""
+    from kmap.core.gpu_plan import DTYPE_BYTES, expert_gradient_gib
+
+    model = copy.deepcopy(moe)
+    with torch.no_grad():
+        model.parts.mlp(0).router.bias.copy_(torch.tensor([-100.0, 100.0, -100.0, 100.0]))
+    experts = experts_of(model.parts.mlp(0))
+    stacked = [p for p in experts.parameters() if p.shape[0] == experts.num_experts]
+    seen: dict[int, tuple[int, list[int]]] = {}
+
+    def record(param: torch.nn.Parameter) -> None:
+        touched = [e for e in range(param.shape[0]) if param.grad[e].abs().sum() > 0]
+        seen[id(param)] = (param.grad.numel(), touched)
+
+    for param in stacked:
+        param.requires_grad_(True)
+    handles = [p.register_post_accumulate_grad_hook(record) for p in stacked]
+    try:
+        ids = model.tokenizer(PROMPTS["text"][0] + " " + PROMPTS["target"][0])["input_ids"]
+        with torch.enable_grad():
+            model.model(input_ids=torch.tensor([ids]), use_cache=False).logits.float().logsumexp(-1).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for param in stacked:
+            param.requires_grad_(False)
+            param.grad = None
+    for param in stacked:
+        numel, touched = seen[id(param)]
+        assert numel == param.numel() and touched == [1, 3]  # full size, two experts non-zero
+    layer_stack = sum(p.numel() for p in stacked)
+    arch = {"num_hidden_layers": moe.n_layers}
+    counts = {"mxfp4_experts": layer_stack * moe.n_layers}
+    assert expert_gradient_gib(arch, counts, "float32") == 2 * layer_stack * DTYPE_BYTES["float32"] / 2**30
+
+
 def test_dead_layer_has_lower_saliency_than_its_neighbours(tiny: LoadedModel) -> None:
     """Planted: layer 1's attention and MLP weights all zero, so the layer is the identity on the residual
     stream and no gradient reaches its weights; its neighbours' saliency stays positive."""

@@ -150,6 +150,22 @@ def weight_bytes(counts: dict[str, int], dtype: str, quantization: str) -> float
     return base * (counts["total"] - counts[quantized]) + QUANT_BYTES[quantization] * counts[quantized]
 
 
+def expert_gradient_gib(arch: dict[str, Any], counts: dict[str, int], dtype: str) -> float:
+    """Gradient memory a mixture-of-experts layer needs beyond the dense headroom (gradient stage).
+
+    Each routed expert reads its slice of the stacked expert tensors (``gate_up_proj[e]``); autograd's backward of
+    that indexing is a zero tensor of the whole stack with the slice filled in, summed into a buffer per stacked
+    tensor until the layer's experts are done. So one layer's stacks are held twice over at the peak (the buffer
+    and the incoming gradient), whatever few experts the prompt routes to: about 12 GiB per layer of
+    GPT-OSS-120B, more than the dense headroom. kmap's hook frees each gradient as soon as it is summed, so one
+    layer is the peak."""
+    stacked = counts.get("mxfp4_experts", 0)
+    if not stacked:
+        return 0.0
+    layers = arch.get("num_hidden_layers") or (arch.get("text_config") or {}).get("num_hidden_layers") or 1
+    return 2 * stacked / layers * DTYPE_BYTES[dtype] / GIB
+
+
 def effective_quantization(spec: ModelSpec, arch: dict[str, Any], stage: str) -> str:
     if stage == "gradient":
         return "none"  # weight gradients need dequantized weights
@@ -166,7 +182,9 @@ def plan(spec: ModelSpec, arch: dict[str, Any], stage: str, gpu: GpuSettings, ca
     n_params = counts["total"]
     dtype = "bfloat16" if spec.dtype == "auto" else spec.dtype
     weights = weight_bytes(counts, dtype, effective_quantization(spec, arch, stage)) / GIB
-    headroom = gpu.gradient_headroom_gib if stage == "gradient" else gpu.headroom_gib
+    headroom = gpu.headroom_gib
+    if stage == "gradient":
+        headroom = gpu.gradient_headroom_gib + expert_gradient_gib(arch, counts, dtype)
     usable = gpu.memory_gib - headroom
     if usable <= 0:
         raise PlanError(f"gpu.memory_gib {gpu.memory_gib} leaves nothing after {headroom} GiB headroom")
