@@ -15,7 +15,7 @@ def main(job: Job) -> None:
     frame = load_prompt_set(job.domain, job.params["prompts_dir"]).frame
     # Weight gradients need real weights: quantized checkpoints are loaded dequantized (the GPU plan's
     # gradient stage budgets for that).
-    loaded = load_for_job(job, dataclasses.replace(job.spec(), quantization="none"))
+    loaded = load_for_job(job, dataclasses.replace(job.spec(), quantization="none"), stage="gradient")
     measured = describe(loaded)
     job.log.info("measured parameters of layer 0: %s", measured)
     started = time.perf_counter()

@@ -70,8 +70,50 @@ def check_local_weights(spec: ModelSpec) -> Path:
     return root
 
 
-def _quantization_config(spec: ModelSpec) -> Any:
-    if spec.quantization == "none":
+STAGES = ("forward", "gradient")
+
+
+def native_quantization(spec: ModelSpec) -> str:
+    """The quantization a checkpoint ships with (``quant_method`` in its config: ``mxfp4`` for GPT-OSS), or
+    ``none``."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    found = getattr(config, "quantization_config", None)
+    method = found.get("quant_method") if isinstance(found, dict) else getattr(found, "quant_method", None)
+    return str(getattr(method, "value", method)) if method else "none"
+
+
+def planned_quantization(spec: ModelSpec, native: str, stage: str) -> str:
+    """How the GPU plan assumed the weights of this stage (``kmap.core.gpu_plan.effective_quantization``):
+    the gradient stage dequantized, the forward stage as configured, else as the checkpoint ships."""
+    from kmap.core.gpu_plan import effective_quantization
+
+    return effective_quantization(spec, {"quantization_config": {"quant_method": native}}, stage)
+
+
+def loaded_quantization(model: torch.nn.Module) -> str:
+    """How the weights actually sit in memory: ``mxfp4`` (packed expert blocks), ``8bit``/``4bit``
+    (bitsandbytes), or ``none``. transformers falls back to dequantizing MXFP4 with only a warning when its
+    kernels are missing; this is what catches it."""
+    for name, param in model.named_parameters():
+        kind = type(param).__name__
+        if kind == "Int8Params":
+            return "8bit"
+        if kind == "Params4bit":
+            return "4bit"
+        if ".experts." in name and param.dtype == torch.uint8:
+            return "mxfp4"
+    return "none"
+
+
+def _quantization_config(spec: ModelSpec, native: str = "none", stage: str = "forward") -> Any:
+    if native == "mxfp4":
+        from transformers import Mxfp4Config
+
+        # Explicit either way: MXFP4 experts for forward passes, bf16 where weight gradients are needed.
+        return Mxfp4Config(dequantize=stage == "gradient")
+    if spec.quantization == "none" or stage == "gradient":
         return None
     from transformers import BitsAndBytesConfig
 
@@ -90,14 +132,20 @@ def load_model(
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     dtype: str | None = None,
+    stage: str = "forward",
 ) -> LoadedModel:
-    """Load ``spec`` for analysis: eval mode, gradients off, KV cache off, safetensors only."""
+    """Load ``spec`` for analysis: eval mode, gradients off, KV cache off, safetensors only; quantized as the
+    GPU plan of ``stage`` assumed (``forward`` keeps a checkpoint's MXFP4 experts, ``gradient`` dequantizes),
+    and checked to be so after loading."""
     from transformers import AutoModelForCausalLM
 
     if spec.quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"model {spec.name!r}: quantization {spec.quantization!r} not in {QUANTIZATIONS}")
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}")
     if spec.is_local:
         check_local_weights(spec)
+    native = native_quantization(spec)
     dtype_name = dtype or spec.dtype
     torch_dtype = "auto" if dtype_name == "auto" else DTYPES[dtype_name]
     if device_map is None:
@@ -110,7 +158,7 @@ def load_model(
             dtype=torch_dtype,
             device_map=device_map,
             max_memory=max_memory,
-            quantization_config=_quantization_config(spec),
+            quantization_config=_quantization_config(spec, native, stage),
             trust_remote_code=spec.trust_remote_code,
             use_safetensors=True,
         )
@@ -121,6 +169,7 @@ def load_model(
                 f"models.{spec.name}.trust_remote_code: true in the config"
             ) from error
         raise
+    check_weights(spec, stage, planned_quantization(spec, native, stage), loaded_quantization(model))
     model.eval()
     model.requires_grad_(False)
     model.config.use_cache = False
@@ -138,6 +187,26 @@ def load_model(
         loaded.device,
     )
     return loaded
+
+
+def check_weights(spec: ModelSpec, stage: str, planned: str, got: str) -> None:
+    """Fail before any forward when the weights are not held as the GPU plan assumed: a silent fallback would
+    run a job with four times the memory it was given (MXFP4 dequantized), or quantized weights without
+    gradients."""
+    if planned == got:
+        return
+    where = f"model {spec.name!r} ({stage} stage): the GPU plan assumed {planned} weights but they loaded as {got}"
+    if planned == "mxfp4":
+        fix = (
+            "transformers dequantizes MXFP4 experts to bf16 (about 4x their memory) when it cannot run them: they "
+            "need a GPU of compute capability >= 7.5 with the `kernels` package and triton >= 3.4; install "
+            "requirements-gpu.txt (or envs/gpu.yaml) in the GPU environment"
+        )
+    elif planned in ("8bit", "4bit"):
+        fix = "bitsandbytes is missing or cannot run here; install requirements-gpu.txt in the GPU environment"
+    else:
+        fix = "this stage needs dequantized weights; report it, this is a kmap defect"
+    raise ModelLoadError(f"{where}. {fix}")
 
 
 def describe_devices() -> dict[str, Any]:
@@ -188,13 +257,13 @@ def prompt_format_for_job(job: Any, loaded: LoadedModel) -> PromptFormat:
     return fmt
 
 
-def load_for_job(job: Any, spec: ModelSpec | None = None) -> LoadedModel:
+def load_for_job(job: Any, spec: ModelSpec | None = None, stage: str = "forward") -> LoadedModel:
     """The model of a GPU job (a ``kmap.core.job.Job``): log the devices it got, fail fast with fewer GPUs than
     planned, load with the plan's ``max_memory`` split and record the load in the job's provenance."""
     devices = describe_devices()
     job.log.info("devices: %s", devices)
     require_devices(int(job.smk.resources.gpu))
-    loaded = load_model(spec or job.spec(), max_memory=job.params.get("max_memory") or None)
+    loaded = load_model(spec or job.spec(), max_memory=job.params.get("max_memory") or None, stage=stage)
     job.log.info("model %s loaded in %.1f s", loaded.spec.name, loaded.load_seconds)
     facts: dict[str, Any] = {"devices": devices, "load_seconds": round(loaded.load_seconds, 2)}
     if loaded.spec != job.spec():
