@@ -12,8 +12,9 @@ from kmap.methods.patching.summary import heatmap_figure, summarise
 CAPTION = (
     "P = (LD_patched − LD_corrupted) / (LD_clean − LD_corrupted), LD = logit(clean answer) − logit(corrupted "
     "answer) at the answer position. P_*: ratio of mean differences; P_median_*: median of per-pair P. last: "
-    "the answer position patched; concept: the positions where the prompts differ. Layer -1 (emb): the "
-    "embeddings. Bands: 95 % bootstrap CIs over pairs."
+    "the answer position patched; concept: the positions where the prompts differ. transfer_last: the rise of "
+    "P_last from the layer below. Layer -1 (emb): the embeddings. Bands: 95 % bootstrap CIs resampling clean "
+    "prompts, each with all its pairs."
 )
 
 
