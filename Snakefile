@@ -14,6 +14,14 @@ if not workflow.config_settings.configfiles:
 report: "report/workflow.rst"
 
 
+# Seconds-long aggregation over small tables: on a cluster they run where Snakemake runs instead of waiting in
+# a queue (one interval job per model, domain and method: 264 on the study).
+localrules:
+    intervals,
+    knowledge_map,
+    cross_model,
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/preflight.smk"

@@ -24,6 +24,8 @@ rule ablation_generate:
     threads: planned("forward", "cpus")
     resources:
         gpu=planned("forward", "gpus"),
+        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
+        max_memory_mib=planned_mib("forward"),
         mem_mb=planned("forward", "mem_mb"),
         # The forward plan's budget plus decoding time; the prompt count is read from the prompt file.
         runtime=lambda w: ablation_runtime_min(
@@ -39,7 +41,6 @@ rule ablation_generate:
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
         settings=value_params(ABLATION),
         prompts_dir=PROMPTS,
-        max_memory=max_memory("forward"),
         prompt_format=formatted("ablation"),
         code=code("ablation_generate"),
     script:

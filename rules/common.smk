@@ -107,9 +107,12 @@ def batch_size(section):
     return get
 
 
-def max_memory(stage):
+def planned_mib(stage):
+    """The plan's per-GPU max_memory in MiB (0 without GPUs), handed to from_pretrained by the job."""
+
     def get(wildcards):
-        return PLANS[wildcards.model, stage].max_memory()
+        plan = PLANS[wildcards.model, stage]
+        return int(plan.max_memory_gib * 1024) if plan.gpus else 0
 
     return get
 

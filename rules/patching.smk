@@ -19,6 +19,8 @@ rule patching:
     threads: planned("forward", "cpus")
     resources:
         gpu=planned("forward", "gpus"),
+        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
+        max_memory_mib=planned_mib("forward"),
         mem_mb=planned("forward", "mem_mb"),
         runtime=planned("forward", "runtime_min"),
         batch_size=batch_size("patching"),
@@ -27,7 +29,6 @@ rule patching:
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
         settings=without_batch_size("patching", "min_pairs"),
         prompts_dir=lambda w, input: str(Path(input.pairs).parent.parent),
-        max_memory=max_memory("forward"),
         prompt_format=formatted("patching"),
         code=code("patching"),
     script:

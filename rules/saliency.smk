@@ -18,13 +18,14 @@ rule saliency:
     threads: planned("gradient", "cpus")
     resources:
         gpu=planned("gradient", "gpus"),
+        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
+        max_memory_mib=planned_mib("gradient"),
         mem_mb=planned("gradient", "mem_mb"),
         runtime=planned("gradient", "runtime_min"),
     params:
         model=spec_dict,
         settings=config["saliency"],
         prompts_dir=PROMPTS,
-        max_memory=max_memory("gradient"),
         prompt_format=formatted("saliency"),
         code=code("saliency"),
     script:

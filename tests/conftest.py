@@ -113,9 +113,10 @@ def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedM
 
 
 # Heaviest first, so that under pytest-xdist (pyproject.toml: two workers, ``--dist loadgroup``) the long
-# end-to-end tests start at once and the many short ones fill the other worker around them; the SLURM test
-# first of all, because most of its time is spent waiting for the controller.
-HEAVY_FIRST = ("test_slurm.py", "test_workflow.py", "test_faults.py", "test_demo.py", "test_bad_inputs.py")
+# end-to-end tests start at once and the many short ones fill the other worker around them. The demo module
+# leads: on a cold cache it trains the default demo model (minutes) while the other worker runs the SLURM test,
+# which mostly waits for the controller, and the workflow tests, none of which need that model.
+HEAVY_FIRST = ("test_demo.py", "test_slurm.py", "test_workflow.py", "test_faults.py", "test_bad_inputs.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -310,5 +310,7 @@ def test_demo_geometry_has_knowledge_random_twin_does_not(demo: LoadedModel, twi
     random_age, random_symptoms = _geometry(twin, "age"), _geometry(twin, "symptoms")
     assert random_age["r2"].max() < 0.2
     # Layer -1 (the embedding of the template's last word) holds no symptom at all; judge the decoder layers.
-    assert abs(random_symptoms["silhouette:system"].loc[0:]).max() < 0.15
+    # Within a template each system has a few prompts, and for structureless points the silhouette's b(i) (a
+    # minimum over many small labels) sits below a(i): chance level is negative (about -0.18 on the twin).
+    assert random_symptoms["silhouette:system"].loc[0:].max() < 0.05
     assert symptoms["silhouette:system"].loc[0:].max() > 0.5

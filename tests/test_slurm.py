@@ -17,7 +17,7 @@ import yaml
 
 from kmap.activations.cache import read_cache
 from kmap.offline.tiny import build_tiny_model
-from tests.workflow import REPO, copy_workflow, snakemake, write_config
+from tests.workflow import REPO, copy_workflow, job_counts, snakemake, write_config
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed"),
@@ -66,7 +66,7 @@ def _slurm_profile(work: Path) -> Path:
         }
     )
     profile["set-threads"] = {"umap": 1}  # the CI node has 2 CPUs; the study profile asks 8 for UMAP
-    profile["default-resources"] = {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 1000, "cpus_per_task": 1}
+    profile["default-resources"] = {"slurm_partition": "gpu", "runtime": 10, "mem_mb": 1000}
     target = work / "profiles" / "ci-slurm"
     target.mkdir()
     (target / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
@@ -93,6 +93,10 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     local = copy_workflow(tmp_path / "local")
     write_config(local, _config(model_dir))
     snakemake(local, "--configfile", "config/test.yaml")
+    # Describing the GPUs differently changes the plan's memory split, a resource and never a rerun trigger: with
+    # every result in place nothing is planned.
+    write_config(local, {**_config(model_dir), "gpu": {"memory_gib": 141}}, "bigger.yaml")
+    assert job_counts(snakemake(local, "-n", "--configfile", "config/bigger.yaml").stdout) == {}
 
     # Jobs went through SLURM: job ids in the plugin's logs and in squeue's memory of finished jobs.
     job_logs = list((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
@@ -108,10 +112,13 @@ def test_workflow_runs_through_slurm_like_locally(slurm, tmp_path: Path, monkeyp
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
     gpu_jobs = [p.stem for p in job_logs if "/rule_patching/" in str(p)]
     assert gpu_jobs and all("gpu:1" in gres.get(j, "") for j in gpu_jobs), listed
-    cpu_rules = ("tiny_model", "preflight", "umap", "patching_summary", "intervals", "knowledge_map", "cross_model")
-    for rule in cpu_rules:
+    for rule in ("tiny_model", "preflight", "umap", "patching_summary"):
         cpu_jobs = [p.stem for p in job_logs if f"/rule_{rule}/" in str(p)]
         assert cpu_jobs and all("gpu" not in gres.get(j, "") for j in cpu_jobs), (rule, listed)
+    # The aggregation rules are local rules: they ran where Snakemake ran, without a SLURM job.
+    for rule in ("intervals", "knowledge_map", "cross_model"):
+        assert not [p for p in job_logs if f"/rule_{rule}/" in str(p)], rule
+    assert (cluster / "results/summary/table1.csv").exists()
 
     # Same results as the local run.
     for model in ("local-llama", "tiny-qwen3"):

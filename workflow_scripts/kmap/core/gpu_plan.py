@@ -59,11 +59,6 @@ class GpuPlan:
     cpus: int
     runtime_min: int
 
-    def max_memory(self) -> dict[Any, str]:
-        if self.gpus == 0:
-            return {}
-        return {i: f"{self.max_memory_gib:.0f}GiB" for i in range(self.gpus)}
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -262,10 +262,18 @@ def load_for_job(job: Any, spec: ModelSpec | None = None, stage: str = "forward"
     planned, load with the plan's ``max_memory`` split and record the load in the job's provenance."""
     devices = describe_devices()
     job.log.info("devices: %s", devices)
-    require_devices(int(job.smk.resources.gpu))
-    loaded = load_model(spec or job.spec(), max_memory=job.params.get("max_memory") or None, stage=stage)
+    gpus = int(job.smk.resources.gpu)
+    require_devices(gpus)
+    # The GPU plan's split (a resource, not a setting: hardware descriptions never rerun a job).
+    mib = int(getattr(job.smk.resources, "max_memory_mib", 0) or 0)
+    max_memory = {i: f"{mib}MiB" for i in range(gpus)} if gpus and mib else None
+    loaded = load_model(spec or job.spec(), max_memory=max_memory, stage=stage)
     job.log.info("model %s loaded in %.1f s", loaded.spec.name, loaded.load_seconds)
-    facts: dict[str, Any] = {"devices": devices, "load_seconds": round(loaded.load_seconds, 2)}
+    facts: dict[str, Any] = {
+        "devices": devices,
+        "load_seconds": round(loaded.load_seconds, 2),
+        "max_memory": max_memory,
+    }
     if loaded.spec != job.spec():
         # The spec as loaded (saliency loads quantized checkpoints dequantized); same weights, so the record's
         # resolved revision stands and the weights are not hashed again.
