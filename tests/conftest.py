@@ -112,8 +112,8 @@ def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedM
     return load_model(ModelSpec(name="twin", kind="demo", source=str(root), dtype="float32"))
 
 
-# Heaviest first, so that under pytest-xdist (pyproject.toml: two workers, ``--dist loadgroup``) the long
-# end-to-end tests start at once and the many short ones fill the other worker around them. The demo module
+# Heaviest first, so that under pytest-xdist (``-n 2 --dist loadgroup --no-loadscope-reorder``, tests/README.md)
+# the long end-to-end tests start at once and the many short ones fill the other worker around them. The demo module
 # leads: on a cold cache it trains the default demo model (minutes) while the other worker runs the SLURM test,
 # which mostly waits for the controller, and the workflow tests, none of which need that model.
 HEAVY_FIRST = ("test_demo.py", "test_slurm.py", "test_workflow.py", "test_faults.py", "test_bad_inputs.py")
