@@ -89,7 +89,9 @@ def _compare(split: dict[str, np.ndarray], whole: dict[str, np.ndarray]) -> None
         np.testing.assert_allclose(split[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt_oss"])
+# On the CPU this checks the device map itself (the split runs on CUDA below): the MoE architecture, whose
+# experts module is the most nested, stands for the others.
+@pytest.mark.parametrize("arch", ["gpt_oss"])
 def test_device_map_places_every_parameter_and_changes_no_number(tiny_dirs: dict[str, Path], arch: str) -> None:
     whole = load_model(_spec(tiny_dirs, arch), device_map="cpu")
     device_map = split_map(whole.model, "cpu", "cpu")

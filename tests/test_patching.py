@@ -353,7 +353,7 @@ def test_table1_patching_row_separates_the_trained_demo_from_its_random_twin(
     from kmap.data.prompts import load_pairs
 
     frame = load_pairs("dosage", REPO / "prompts").frame
-    settings = PatchingSettings(heatmap_pairs=0, min_gap=0.0, max_pairs=32)
+    settings = PatchingSettings(heatmap_pairs=0, min_gap=0.0, max_pairs=24)
     tables = {}
     for name, model in (("demo", demo), ("twin", twin)):
         metrics, _ = summarise(run_patching(model, frame, settings).pairs, name, "dosage", model.n_layers, 200)
