@@ -247,12 +247,11 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
             model=asdict(spec),
             settings={"max_new_tokens": 3, "layers": None},
             prompts_dir=str(prompts),
-            max_memory={},
             code="test",
         ),
         wildcards=SimpleNamespace(model="tiny-llama", domain="disease"),
         threads=1,
-        resources=SimpleNamespace(gpu=0, batch_size=2),
+        resources=SimpleNamespace(gpu=0, max_memory_mib=0, batch_size=2),
     )
     run_entry("ablation_generate.py", job)
     responses = pd.read_parquet(job.output.responses)
