@@ -264,6 +264,11 @@ def test_contrast_with_other_domains_finds_a_planted_middle_layer() -> None:
     np.testing.assert_allclose(cells["raw"], drugs)
     assert (cells["contrast"] == "others (3 domains)").all() and intervals["contrast"].iloc[0] == "others (3 domains)"
     assert curve.replicates.shape == (100, 16) and np.isfinite(curve.replicates).all()
+    # A control without replicates (its replicate table missing) contributes its values to every replicate.
+    without_disease = replicates[replicates["domain"] != "disease"]
+    mixed = domain_curve(metrics, without_disease, "saliency", "drugs", settings)
+    np.testing.assert_allclose(mixed.values, curve.values, atol=1e-12)
+    assert mixed.replicates.shape == (100, 16) and np.isfinite(mixed.replicates).all()
     # A domain alone has nothing to be contrasted with: its raw curve stands.
     alone = domain_curve(metrics[metrics["domain"] == "age"], replicates, "saliency", "age", settings)
     assert alone.contrast == "none" and alone.raw is None

@@ -218,8 +218,10 @@ def contrast_with_others(curve: MapCurve, others: Sequence[MapCurve]) -> MapCurv
     control = np.nanmean([shares(o.values) for o in controls], axis=0)
     reps = None
     if curve.replicates is not None:
+        # Broadcast to the curve's replicates, so a control without replicates stacks with those that have them.
+        shape = curve.replicates.shape
         control_reps = np.nanmean(
-            [shares(o.replicates) if o.replicates is not None else shares(o.values)[None, :] for o in controls],
+            [np.broadcast_to(shares(o.values if o.replicates is None else o.replicates), shape) for o in controls],
             axis=0,
         )
         reps = shares(curve.replicates) - control_reps
