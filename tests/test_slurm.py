@@ -17,7 +17,7 @@ import yaml
 
 from kmap.activations.cache import read_cache
 from kmap.offline.tiny import build_tiny_model
-from tests.workflow import REPO, copy_workflow, job_counts, snakemake, write_config
+from tests.workflow import REPO, copy_workflow, job_counts, local_hf_model, snakemake, write_config
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("slurmctld") is None, reason="SLURM (slurm-wlm) not installed"),
@@ -37,13 +37,7 @@ def _config(model_dir: Path) -> dict:
         "models": {
             # A local checkpoint as kind hf: planned like a hub model, so its GPU rule asks SLURM for a GPU.
             # One CPU method (umap, then the map rules) and one GPU method (patching) besides activations.
-            "local-llama": {
-                "kind": "hf",
-                "source": str(model_dir),
-                "n_layers": 2,
-                "dtype": "float32",
-                "methods": ["umap", "patching"],
-            },
+            "local-llama": local_hf_model(model_dir, ["umap", "patching"]),
             "tiny-qwen3": {"kind": "tiny", "architecture": "qwen3", "dtype": "float32", "methods": []},
         },
         "domains": ["disease"],

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kmap.activations.cache import read_cache
-from tests.workflow import copy_workflow, job_counts, snakemake, write_config
+from tests.workflow import copy_workflow, job_counts, local_hf_model, snakemake, write_config
 
 # One xdist worker runs this module: its module-scoped fixtures are built once.
 pytestmark = pytest.mark.xdist_group("workflow")
@@ -359,15 +359,7 @@ def test_failed_preflight_stops_the_gpu_job_before_it_starts(tmp_path: Path) -> 
     build_tiny_model("llama", words, model_dir, n_layers=2, hidden_size=32)
     work = copy_workflow(tmp_path / "wf")
     config = {
-        "models": {
-            "local-llama": {
-                "kind": "hf",
-                "source": str(model_dir),
-                "n_layers": 2,
-                "dtype": "float32",
-                "methods": ["patching"],
-            }
-        },
+        "models": {"local-llama": local_hf_model(model_dir, ["patching"])},
         "domains": ["disease"],
         "patching": {"min_pairs": 10_000},
     }

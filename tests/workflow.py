@@ -68,6 +68,12 @@ def snakemake(
     return result
 
 
+def local_hf_model(model_dir: Path, methods: list[str]) -> dict:
+    """A config entry for a local 2-layer checkpoint as kind ``hf``: planned like a hub model (pre-flight, GPU
+    resources), built offline."""
+    return {"kind": "hf", "source": str(model_dir), "n_layers": 2, "dtype": "float32", "methods": methods}
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a (dry) run: rule -> count (empty when nothing is planned)."""
     counts: dict[str, int] = {}
