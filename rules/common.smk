@@ -226,7 +226,8 @@ def all_targets():
 
 def map_tables(kind):
     """A method's metric (or replicate) tables: ablation has a judge-free and a judge table. A method whose map
-    curve is contrasted with the other domains (map.contrast) reads every domain's tables."""
+    curve is contrasted with the other domains (map.contrast) reads every domain's tables.
+    """
 
     def get(wildcards):
         method = wildcards.method
