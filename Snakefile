@@ -20,6 +20,7 @@ localrules:
     intervals,
     knowledge_map,
     cross_model,
+    cost_plan,
 
 
 include: "rules/common.smk"
@@ -31,6 +32,16 @@ include: "rules/saliency.smk"
 include: "rules/ablation.smk"
 include: "rules/patching.smk"
 include: "rules/maps.smk"
+include: "rules/cost.smk"
+
+
+# Jobs that need the internet (the hub, the judge's API) run where Snakemake runs unless the cluster's compute
+# nodes reach it (cluster.internet_jobs: cluster).
+if config["cluster"]["internet_jobs"] == "local":
+
+    localrules:
+        stage_weights,
+        ablation_judge,
 
 
 rule all:

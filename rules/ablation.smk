@@ -1,17 +1,11 @@
 # Method 3, layer ablation, in three rules so that no GPU waits on a network or on statistics: generation and
 # the judge-free per-pair values on the GPU (ablation_generate), the LLM judge on a CPU (ablation_judge), the
 # bootstrap summaries and figures on a CPU (ablation_summary).
-from kmap.core.gpu_plan import ablation_runtime_min
-from kmap.methods.ablation.judge import JudgeSettings
-from kmap.methods.ablation.settings import settings_from_config, value_params
-
-ABLATION = settings_from_config(config["ablation"])
-
-
 rule ablation_generate:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        weights=staged_weights,
         preflight=preflight_table("ablation"),
     output:
         responses=f"{RESULTS}/ablation/{{model}}/{{domain}}.responses.parquet",
@@ -19,23 +13,13 @@ rule ablation_generate:
         f"{RESULTS}/logs/ablation_generate/{{model}}/{{domain}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ablation_generate/{{model}}/{{domain}}.tsv"
+    # One retry of a failed job, with half the batch size (a CUDA out-of-memory at the planned batch).
+    retries: 1
     conda:
         "../envs/gpu.yaml"
     threads: planned("forward", "cpus")
     resources:
-        gpu=planned("forward", "gpus"),
-        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
-        max_memory_mib=planned_mib("forward"),
-        mem_mb=planned("forward", "mem_mb"),
-        # The forward plan's budget plus decoding time; the prompt count is read from the prompt file.
-        runtime=lambda w: ablation_runtime_min(
-            PLANS[w.model, "forward"].runtime_min,
-            PLANS[w.model, "forward"].n_params,
-            SPECS[w.model].n_layers if PLANS[w.model, "forward"].gpus else None,
-            sum(1 for _ in open(prompt_file(w), encoding="utf-8")) - 1,
-            ABLATION,
-        ),
-        batch_size=batch_size("ablation"),
+        **model_resources("forward", "ablation", runtime=ablation_runtime),
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
@@ -60,6 +44,9 @@ rule ablation_judge:
         "../envs/cpu.yaml"
     # Requests are I/O bound: judge.concurrency threads in flight on one core.
     threads: 1
+    resources:
+        # Up to judge.concurrency requests in flight with retries: minutes per domain, more on a slow API.
+        **cpu_resources(mem_mb=2000, runtime=120),
     params:
         # Only settings that change a score; transport ones (concurrency, timeouts, retries, key variable)
         # are read from the config by the script, so tuning them never reruns the judge.
@@ -90,8 +77,7 @@ rule ablation_summary:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         bootstrap=config["bootstrap"],
         figures=config["figures"],

@@ -5,6 +5,7 @@ rule activations:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        weights=staged_weights,
         preflight=preflight_table("activations"),
     output:
         tensor=f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
@@ -14,16 +15,13 @@ rule activations:
         f"{RESULTS}/logs/activations/{{model}}/{{domain}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/activations/{{model}}/{{domain}}.tsv"
+    # One retry of a failed job, with half the batch size (a CUDA out-of-memory at the planned batch).
+    retries: 1
     conda:
         "../envs/gpu.yaml"
     threads: planned("forward", "cpus")
     resources:
-        gpu=planned("forward", "gpus"),
-        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
-        max_memory_mib=planned_mib("forward"),
-        mem_mb=planned("forward", "mem_mb"),
-        runtime=planned("forward", "runtime_min"),
-        batch_size=batch_size("activations"),
+        **model_resources("forward", "activations"),
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.

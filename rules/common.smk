@@ -1,10 +1,13 @@
 # Config validation, model specs, wildcard constraints and target helpers. Runs at parse time, so every
 # problem with the config or the prompt sets stops the workflow before any job (and any GPU) starts.
+import os
 import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,10 +17,20 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from kmap.core.config import check_config, model_methods, model_specs, prompt_format
-from kmap.core.gpu_plan import STAGES, GpuSettings, config_snapshot, cpu_plan, plan
+from kmap.core.cost import GPU_RULES, PlannedJob, cost_rows, format_rows
+from kmap.core.gpu_plan import (
+    STAGES,
+    GpuSettings,
+    ablation_runtime_min,
+    config_snapshot,
+    cpu_plan,
+    plan,
+)
 from kmap.core.provenance import code_version
 from kmap.data.prompts import validate_all
 from kmap.maps.table1 import DEFAULT_CONCEPTS
+from kmap.methods.ablation.judge import JudgeSettings
+from kmap.methods.ablation.settings import settings_from_config, value_params
 
 # Every problem at once, each with its key and fix; then the schema's defaults filled in (the one home of
 # defaults: kmap's settings read theirs from the same schema).
@@ -59,6 +72,24 @@ wildcard_constraints:
     tiny_model=alternation(names_of("tiny")),
 
 
+# --- staged weights (rule stage_weights in rules/models.smk) ---
+
+STAGING = config["staging"]["dir"]
+# Hub models (kind hf with a hub id, not a local directory) are staged once before any job reads them.
+HUB_MODELS = [
+    name for name, spec in SPECS.items() if spec.kind == "hf" and not spec.is_local
+]
+
+
+def staged_manifest(name):
+    return f"{STAGING}/{name}/snapshot.json"
+
+
+def staged_weights(wildcards):
+    """A hub model's staged snapshot: every job that reads the model or its tokenizer waits for it."""
+    return [staged_manifest(wildcards.model)] if wildcards.model in HUB_MODELS else []
+
+
 def spec_dict(wildcards):
     return asdict(SPECS[wildcards.model])
 
@@ -89,6 +120,101 @@ def make_plans():
 PLANS = make_plans()
 
 
+# Snakemake commands that run no job: a missing token only warns there (dry-run the study on a laptop first).
+NON_EXECUTING = (
+    "--dry-run", "--dryrun", "--lint", "--summary", "--detailed-summary", "--dag", "--rulegraph",
+    "--filegraph", "--report", "--unlock", "--list-rules", "--list-target-rules", "--list-changes",
+    "--list-code-changes", "--list-input-changes", "--list-params-changes", "--list-untracked",
+    "--cleanup-metadata", "--delete-all-output", "--delete-temp-output", "--containerize",
+)  # fmt: skip
+
+
+def runs_no_job():
+    """Whether this command runs no job: Snakemake knows only after the parse, so read its command line."""
+    for arg in sys.argv[1:]:
+        name = arg.split("=")[0]
+        if name.startswith("--") and name in NON_EXECUTING:
+            return True
+        # Short flags, alone or combined (-n, -np, -S, -l).
+        if not arg.startswith("--") and arg.startswith("-") and arg[1:].isalpha():
+            if set(arg[1:]) & set("nSl"):
+                return True
+    return False
+
+
+def shadowed_profiles():
+    """Site profiles that a same-named profile in the working directory hides (Snakemake looks there first:
+    from the repository root `--profile slurm` is kmap's ./slurm, never ~/.config/snakemake/slurm).
+    """
+    from snakemake.cli import get_appdirs
+
+    argv = sys.argv[1:]
+    names = [b for a, b in zip(argv, argv[1:]) if a == "--profile"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--profile=")]
+    dirs = get_appdirs()
+    hidden = []
+    for name in names:
+        if "/" in name or not Path(name).is_dir():
+            continue
+        for folder in (dirs.user_config_dir, dirs.site_config_dir):
+            if (Path(folder) / name).is_dir():
+                hidden.append((name, Path(folder) / name))
+    return hidden
+
+
+def check_launch():
+    """What a profile, the environment and the plans must agree on, checked before anything is submitted."""
+    problems = []
+    max_gpus = config["gpu"]["max_gpus"]
+    overrides = getattr(workflow.resource_settings, "overwrite_resources", None) or {}
+    for rule_name, resources in overrides.items():
+        asked = resources.get("gpu")
+        value = getattr(asked, "_value", asked)
+        if isinstance(value, int) and value > max_gpus:
+            problems.append(
+                f"set-resources asks {value} GPUs for rule {rule_name}, but a node has {max_gpus} "
+                "(gpu.max_gpus): remove the override (each model's GPU plan sets its GPUs), or raise "
+                "gpu.max_gpus if your nodes have more"
+            )
+    defaults = getattr(workflow.resource_settings, "default_resources", None)
+    if defaults is not None and "gpu" in getattr(defaults, "_data", {}):
+        problems.append(
+            "default-resources sets gpu: every CPU rule would then hold a GPU; remove it from the profile "
+            "(GPU rules take their GPUs from each model's plan)"
+        )
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    gated = [
+        name
+        for name in HUB_MODELS
+        if config["models"][name].get("gated")
+        and not Path(staged_manifest(name)).exists()
+    ]
+    if gated and not token:
+        message = (
+            f"models {', '.join(gated)} are gated on the hub and not staged yet, but HF_TOKEN is not set: "
+            "accept each model's license on its hub page, then export HF_TOKEN (a read token) where "
+            "Snakemake runs"
+        )
+        if runs_no_job():
+            print(f"kmap warning: {message}", file=sys.stderr)
+        else:
+            problems.append(message)
+    for name, site in shadowed_profiles():
+        print(
+            f"kmap warning: --profile {name} is ./{name} (Snakemake searches the working directory first); "
+            f"your site profile {site} is not used. To use it: snakemake --profile {site} (kmap's own "
+            "settings still apply: they are in the workflow profile profiles/default).",
+            file=sys.stderr,
+        )
+    if problems:
+        raise WorkflowError(
+            "kmap cannot launch:\n" + "\n".join(f"- {p}" for p in problems)
+        )
+
+
+check_launch()
+
+
 def planned(stage, field):
     """A resource (or param) of the model's GPU plan for a stage: forward or gradient."""
 
@@ -105,6 +231,60 @@ def batch_size(section):
         return max(1, config[section]["batch_size"] // 2 ** (attempt - 1))
 
     return get
+
+
+CLUSTER = config["cluster"]
+# Routing is all or nothing: with a partition configured every job gets one (an empty one = SLURM's default);
+# without, no rule sets slurm_partition and the profile's default-resources decide.
+ROUTED = bool(CLUSTER["gpu_partition"] or CLUSTER["cpu_partition"])
+
+
+def partition(name):
+    return (
+        CLUSTER[name] or None
+    )  # None drops the resource: the plugin then takes SLURM's default partition
+
+
+def model_resources(stage, batch_section=None, runtime=None):
+    """The resources of a model job (activations, saliency, ablation generation, patching): its GPU plan and
+    SLURM routing. All resources, never params: describing the hardware differently reruns nothing.
+    """
+
+    def holds_gpus(wildcards):
+        return PLANS[wildcards.model, stage].gpus > 0
+
+    resources = {
+        "gpu": planned(stage, "gpus"),
+        # The per-GPU memory split handed to from_pretrained.
+        "max_memory_mib": planned_mib(stage),
+        # What the plan assumed each GPU has: the job checks its GPUs against it and fails fast when smaller.
+        "gpu_memory_mib": lambda w: (
+            int(config["gpu"]["memory_gib"] * 1024) if holds_gpus(w) else 0
+        ),
+        "mem_mb": planned(stage, "mem_mb"),
+        "runtime": runtime or planned(stage, "runtime_min"),
+        # A model's GPUs share one node (device_map splits layers over local GPUs only).
+        "nodes": 1,
+    }
+    if batch_section:
+        resources["batch_size"] = batch_size(batch_section)
+    if ROUTED:
+        resources["slurm_partition"] = lambda w: partition(
+            "gpu_partition" if holds_gpus(w) else "cpu_partition"
+        )
+    if CLUSTER["gpu_constraint"]:
+        resources["constraint"] = lambda w: (
+            CLUSTER["gpu_constraint"] if holds_gpus(w) else None
+        )
+    return resources
+
+
+def cpu_resources(mem_mb, runtime):
+    """The resources of a CPU rule, routed to cluster.cpu_partition when routing is configured."""
+    resources = {"mem_mb": mem_mb, "runtime": runtime}
+    if ROUTED:
+        resources["slurm_partition"] = partition("cpu_partition")
+    return resources
 
 
 def planned_mib(stage):
@@ -218,7 +398,7 @@ def all_targets():
     maps = expand(f"{RESULTS}/maps/{{model}}/map.png", model=MAP_MODELS)
     summary = [f"{RESULTS}/summary/table1.csv"] if MAP_MODELS else []
     methods = umap + saliency + ablation + patching
-    return demo + activation_targets() + methods + maps + summary
+    return demo + activation_targets() + methods + maps + summary + cost_targets()
 
 
 # --- knowledge maps ---
@@ -268,3 +448,55 @@ def concept_tables():
         for domain, method in wanted
         if method in METHODS[model]
     )
+
+
+# --- ablation's runtime and the study's cost plan (printed by a dry run; rule cost_plan in rules/cost.smk) ---
+
+
+ABLATION = settings_from_config(config["ablation"])
+
+
+def ablation_runtime(wildcards):
+    """The forward plan's budget plus decoding time; the prompt count is read from the prompt file."""
+    forward = PLANS[wildcards.model, "forward"]
+    with open(prompt_file(wildcards), encoding="utf-8") as prompts:
+        n_prompts = sum(1 for _ in prompts) - 1
+    return ablation_runtime_min(
+        forward.runtime_min,
+        forward.n_params,
+        SPECS[wildcards.model].n_layers if forward.gpus else None,
+        n_prompts,
+        ABLATION,
+    )
+
+
+def planned_jobs():
+    jobs = []
+    for model in MODELS:
+        for method, (rule_name, stage) in GPU_RULES.items():
+            # Every model caches activations (UMAP and the map read them); other methods as configured.
+            if method != "activations" and method not in METHODS[model]:
+                continue
+            plan = PLANS[model, stage]
+            for domain in DOMAINS:
+                wildcards = SimpleNamespace(model=model, domain=domain)
+                runtime = (
+                    ablation_runtime(wildcards)
+                    if rule_name == "ablation_generate"
+                    else plan.runtime_min
+                )
+                jobs.append(PlannedJob(model, rule_name, domain, plan.gpus, runtime))
+    return jobs
+
+
+COST_ROWS = cost_rows(planned_jobs())
+if COST_ROWS and runs_no_job():
+    print(
+        "kmap cost plan (GPU jobs; hours are their SLURM time limits, an upper bound):\n"
+        + format_rows(COST_ROWS),
+        file=sys.stderr,
+    )
+
+
+def cost_targets():
+    return [f"{RESULTS}/summary/cost_plan.csv"] if COST_ROWS else []

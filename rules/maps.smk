@@ -15,8 +15,7 @@ rule intervals:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         map=config["map"],
         code=code("intervals"),
@@ -51,8 +50,7 @@ rule knowledge_map:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         map=config["map"],
         figures=config["figures"],
@@ -100,8 +98,7 @@ rule cross_model:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         figures=config["figures"],
         # Hub ids, to find each model in the study's reference table.

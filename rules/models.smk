@@ -1,4 +1,5 @@
-# Models the workflow builds itself, offline: the trained demo model and tiny random-init models.
+# Models: built by the workflow itself, offline (the trained demo model, tiny random-init models), or staged
+# from the hub once per model before any job reads them.
 
 
 rule demo_model:
@@ -19,8 +20,7 @@ rule demo_model:
         "../envs/gpu.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **cpu_resources(mem_mb=4000, runtime=30),
     params:
         demo=config["demo"],
         code=code("demo_model"),
@@ -39,11 +39,37 @@ rule tiny_model:
         "../envs/gpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         architecture=lambda wc: SPECS[wc.tiny_model].architecture,
         shape=config["tiny"],
         code=code("tiny_model"),
     script:
         "../workflow_scripts/tiny_model.py"
+
+
+# Where the internet is (a login node by default: cluster.internet_jobs), one pinned snapshot per hub model:
+# safetensors weights, configs and tokenizer files, the revision resolved to a commit and recorded in the
+# manifest. Every job that reads the model (pre-flight, GPU jobs) waits for it and reads it offline. Only the
+# manifest is an output: a failed download keeps the files it finished (the next try fetches only the rest), and
+# a rerun after a revision change deletes the files the new snapshot does not have.
+rule stage_weights:
+    output:
+        manifest=f"{STAGING}/{{model}}/snapshot.json",
+    log:
+        f"{RESULTS}/logs/stage_weights/{{model}}.log",
+    wildcard_constraints:
+        model=alternation(HUB_MODELS),
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        # 140 GB at ~200 MB/s is 12 minutes; slower links take hours.
+        **cpu_resources(mem_mb=2000, runtime=600),
+    params:
+        source=lambda w: SPECS[w.model].source,
+        revision=lambda w: SPECS[w.model].revision or "main",
+        min_free_gib=config["staging"]["min_free_gib"],
+        code=code("stage_weights"),
+    script:
+        "../workflow_scripts/stage_weights.py"

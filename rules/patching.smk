@@ -6,6 +6,7 @@ rule patching:
     input:
         pairs=f"{PROMPTS}/pairs/{{domain}}.csv",
         model=local_model_dir,
+        weights=staged_weights,
         preflight=preflight_table("patching"),
     output:
         pairs=f"{RESULTS}/patching/{{model}}/{{domain}}.pairs.parquet",
@@ -14,16 +15,13 @@ rule patching:
         f"{RESULTS}/logs/patching/{{model}}/{{domain}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/patching/{{model}}/{{domain}}.tsv"
+    # One retry of a failed job, with half the batch size (a CUDA out-of-memory at the planned batch).
+    retries: 1
     conda:
         "../envs/gpu.yaml"
     threads: planned("forward", "cpus")
     resources:
-        gpu=planned("forward", "gpus"),
-        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
-        max_memory_mib=planned_mib("forward"),
-        mem_mb=planned("forward", "mem_mb"),
-        runtime=planned("forward", "runtime_min"),
-        batch_size=batch_size("patching"),
+        **model_resources("forward", "patching"),
     params:
         model=spec_dict,
         # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
@@ -52,8 +50,7 @@ rule patching_summary:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         bootstrap=config["bootstrap"],
         figures=config["figures"],

@@ -10,6 +10,7 @@ rule preflight:
     input:
         unpack(preflight_inputs),
         model=local_model_dir,
+        weights=staged_weights,
     output:
         table=report(
             f"{RESULTS}/preflight/{{model}}/{{domain}}.{{method}}.csv",
@@ -27,8 +28,7 @@ rule preflight:
         "../envs/gpu.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        **cpu_resources(mem_mb=4000, runtime=10),
     params:
         model=spec_dict,
         prompts_dir=PROMPTS,

@@ -6,6 +6,7 @@ rule saliency:
     input:
         prompts=prompt_file,
         model=local_model_dir,
+        weights=staged_weights,
         preflight=preflight_table("saliency"),
     output:
         raw=f"{RESULTS}/saliency/{{model}}/{{domain}}.raw.parquet",
@@ -13,15 +14,13 @@ rule saliency:
         f"{RESULTS}/logs/saliency/{{model}}/{{domain}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/saliency/{{model}}/{{domain}}.tsv"
+    # One retry of a failed job, with half the batch size (a CUDA out-of-memory at the planned batch).
+    retries: 1
     conda:
         "../envs/gpu.yaml"
     threads: planned("gradient", "cpus")
     resources:
-        gpu=planned("gradient", "gpus"),
-        # The per-GPU memory split: a resource, so describing the GPUs differently never reruns a job.
-        max_memory_mib=planned_mib("gradient"),
-        mem_mb=planned("gradient", "mem_mb"),
-        runtime=planned("gradient", "runtime_min"),
+        **model_resources("gradient"),
     params:
         model=spec_dict,
         settings=config["saliency"],
@@ -46,8 +45,7 @@ rule saliency_summary:
         "../envs/cpu.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cpu_resources(mem_mb=2000, runtime=10),
     params:
         bootstrap=config["bootstrap"],
         figures=config["figures"],

@@ -23,11 +23,10 @@ rule umap:
     conda:
         "../envs/cpu.yaml"
     # threads > 1 embeds layers in parallel worker processes; each worker pays ~30 s of start-up (torch, numba),
-    # which pays off for deep models (profiles/slurm sets 8), not for the 9-layer demo on 2 cores.
-    threads: 1
+    # which pays off for the hub models' 36-80 layers, not for the 9-layer demo on 2 cores.
+    threads: lambda w: 8 if SPECS[w.model].kind == "hf" else 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **cpu_resources(mem_mb=4000, runtime=60),
     params:
         umap=config["umap"],
         bootstrap=config["bootstrap"],

@@ -142,3 +142,19 @@ def test_job_fails_fast_without_planned_gpus(monkeypatch: pytest.MonkeyPatch) ->
             require_devices(2)
         monkeypatch.setenv("KMAP_ALLOW_CPU", "1")
         require_devices(2)
+
+
+def test_job_fails_fast_on_gpus_smaller_than_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmap.core.models import ModelLoadError, require_devices
+
+    monkeypatch.delenv("KMAP_ALLOW_CPU", raising=False)
+    h100 = 79.19 * 1024  # what an 80 GB H100 reports
+    # Planned for 80 GiB GPUs: two H100s pass (within the 3 % label tolerance); an A100 40GB does not.
+    require_devices(2, 80 * 1024, [h100, h100])
+    with pytest.raises(ModelLoadError, match=r"GPUs of 80 GiB.*cuda:1 39\.4 GiB.*cluster\.gpu_constraint"):
+        require_devices(2, 80 * 1024, [h100, 39.39 * 1024])
+    # Only the planned GPUs count (a third, smaller visible GPU is not used); no memory in the plan, no check.
+    require_devices(2, 80 * 1024, [h100, h100, 10.0 * 1024])
+    require_devices(1, 0, [10.0 * 1024])
+    with pytest.raises(ModelLoadError, match="planned for 2 GPU"):
+        require_devices(2, 80 * 1024, [h100])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -310,8 +311,19 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
     )
     maps = {"intervals": 11 * 6 * 4, "knowledge_map": 11, "cross_model": 1}
     preflight = {"preflight": 11 * 6 * 4}  # one per GPU method
-    assert counts == {**dict.fromkeys(per_job, 11 * 6), **preflight, **maps, "all": 1}
+    once = {"stage_weights": 11, "cost_plan": 1, "all": 1}  # one staged snapshot per hub model
+    assert counts == {**dict.fromkeys(per_job, 11 * 6), **preflight, **maps, **once}
     assert "demo_model" not in result.stdout
+
+    # The cost plan the dry run prints agrees with the GPU jobs' own resources as Snakemake planned them.
+    gpu_minutes = 0
+    for block in result.stdout.split("\nrule ")[1:]:
+        line = next((x for x in block.splitlines() if "resources:" in x), "")
+        found = dict(re.findall(r"\b(gpu|runtime)=(\d+)", line))
+        gpu_minutes += int(found.get("gpu", 0)) * int(found.get("runtime", 0))
+    total = next(x for x in result.stderr.splitlines() if x.startswith("all ")).split()
+    assert total[:3] == ["all", "all", str(11 * 6 * 4)]
+    assert float(total[4]) == pytest.approx(gpu_minutes / 60, abs=0.06) and gpu_minutes > 0
 
     def resources(model: str) -> str:
         """The resources line of the model's age activations job (GPU)."""
@@ -325,6 +337,55 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
 
     assert "gpu=2" in resources("llama-3.3-70b") and "mem_mb=50026" in resources("llama-3.3-70b")
     assert "gpu=1" in resources("qwen-32b")
+
+
+def test_cluster_routing_and_launch_checks(tmp_path: Path) -> None:
+    """cluster: routes GPU jobs (GPU partition, constraint, one node) and everything else to the CPU partition;
+    jobs that need the internet are local rules; what a profile or the environment gets wrong stops the launch."""
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config" / "paper.yaml").read_text())
+    config["domains"] = ["age"]
+    config["models"] = {
+        "llama-3.3-70b": config["models"]["llama-3.3-70b"],
+        "tiny-llama": {"kind": "tiny", "architecture": "llama", "methods": ["umap"]},
+    }
+    config["cluster"] = {"gpu_partition": "gpu", "cpu_partition": "cpu", "gpu_constraint": "h100"}
+    write_config(work, config, "routed.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    # 16 cores: a local dry run caps threads at the cores offered.
+    result = snakemake(work, "-n", "--cores", "16", "--configfile", "config/routed.yaml", env=env)
+    blocks = result.stdout.split("\n")
+
+    def job(rule: str, model: str) -> str:
+        text = "\n".join(blocks)
+        for chunk in re.split(r"\n(?=(?:local)?rule )", text):
+            if re.match(rf"(local)?rule {rule}:", chunk) and re.search(rf"(model|tiny_model)={model}\b", chunk):
+                return chunk
+        raise AssertionError(f"no {rule} job for {model}")
+
+    gpu_job = job("activations", "llama-3.3-70b")
+    for expected in ("slurm_partition=gpu", "constraint=h100", "nodes=1", "gpu=2", "gpu_memory_mib=81920"):
+        assert expected in gpu_job, expected
+    cpu_planned = job("activations", "tiny-llama")  # a GPU rule, CPU-planned for a tiny model
+    assert "slurm_partition=cpu" in cpu_planned and "constraint" not in cpu_planned and "gpu=0" in cpu_planned
+    umap = job("umap", "llama-3.3-70b")
+    assert "slurm_partition=cpu" in umap and "threads: 8" in umap and "gpu=" not in umap
+    assert "threads:" not in job("umap", "tiny-llama")  # one thread: not printed
+    # The gated model is not staged and no token is set: a dry run warns, a real run stops before any job.
+    assert "llama-3.3-70b are gated" in result.stderr
+    real = snakemake(work, "--configfile", "config/routed.yaml", env=env, check=False)
+    assert real.returncode != 0 and "HF_TOKEN is not set" in real.stdout + real.stderr
+    assert not (work / "results").exists()
+    # A profile asking more GPUs than a node has, or GPUs for every rule, fails before submission.
+    token = {**env, "HF_TOKEN": "hf_test"}
+    many = snakemake(
+        work, "-n", "--configfile", "config/routed.yaml", "--set-resources", "saliency:gpu=16", env=token, check=False
+    )
+    assert many.returncode != 0 and "asks 16 GPUs for rule saliency, but a node has 8" in many.stdout + many.stderr
+    every = snakemake(
+        work, "-n", "--configfile", "config/routed.yaml", "--default-resources", "gpu=1", env=token, check=False
+    )
+    assert every.returncode != 0 and "every CPU rule would then hold a GPU" in every.stdout + every.stderr
 
 
 def test_bad_config_fails_dry_run_with_key(tmp_path: Path) -> None:

@@ -13,14 +13,16 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profiles", "envs", "report")
+COPIED = ("Snakefile", "rules", "config", "prompts", "workflow_scripts", "profiles", "envs", "report", "slurm")
 
 
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source = REPO / name
-        if source.is_dir():
+        if source.is_symlink():  # ./slurm -> profiles/slurm: `snakemake --profile slurm` from the root
+            (dest / name).symlink_to(os.readlink(source))
+        elif source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, dest / name)

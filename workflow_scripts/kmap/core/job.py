@@ -10,7 +10,9 @@ code versions never depend on model loading.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -73,6 +75,10 @@ class Job:
         self.wildcards: dict[str, str] = dict(_items(smk.wildcards))
         global CURRENT
         CURRENT = self  # figures saved during this job embed its provenance (kmap.core.figures)
+        if self._inputs("weights"):
+            # A staged hub snapshot (rule stage_weights) is read offline: a compute node never asks the hub.
+            # Set before anything imports huggingface_hub, which reads it once.
+            os.environ["HF_HUB_OFFLINE"] = "1"
 
     # --- what the job is --------------------------------------------------------------------------------
 
@@ -101,9 +107,34 @@ class Job:
         return {**self.params.get(name, {}), **override}
 
     def spec(self) -> Any:
+        """The model as this job loads it: a hub model from its staged snapshot, checked complete."""
         from kmap.core.spec import ModelSpec
 
-        return ModelSpec(**self.params["model"])
+        spec = ModelSpec(**self.params["model"])
+        staged = self._staged
+        return dataclasses.replace(spec, source=str(staged[0]), revision=None) if staged else spec
+
+    @cached_property
+    def _staged(self) -> tuple[Path, dict[str, Any]] | None:
+        """The staged snapshot's files folder and manifest, when the job reads one (input ``weights``)."""
+        manifest = self._inputs("weights")
+        if not manifest:
+            return None
+        from kmap.core.staging import check_staged, read_manifest
+
+        return check_staged(Path(manifest[0])), read_manifest(Path(manifest[0]))
+
+    def model_record(self) -> dict[str, Any]:
+        """The model's provenance: the hub id and the commit staging resolved its revision to."""
+        from kmap.core.spec import ModelSpec
+
+        if not self._staged:
+            return self.spec().provenance()
+        files, manifest = self._staged
+        record = dataclasses.asdict(ModelSpec(**self.params["model"]))
+        record["resolved_revision"] = manifest["commit"]
+        record["staged"] = str(files)
+        return record
 
     def progress(self, what: str) -> Callable[[int, int], None]:
         return progress_logger(self.log, f"{self.rule} {self.label} {what}")
@@ -123,7 +154,7 @@ class Job:
         upstream = self._upstream()
         built = [(key, name) for key, name in self.wildcards.items() if key in ("demo_model", "tiny_model")]
         if "model" in params:
-            fields["model"] = self.spec().provenance()
+            fields["model"] = self.model_record()
         elif built:  # the job builds this model: no revision to resolve yet
             fields["model"] = {"name": built[0][1], "kind": built[0][0].split("_")[0], "resolved_revision": None}
         elif upstream:

@@ -224,16 +224,30 @@ def describe_devices() -> dict[str, Any]:
     return info
 
 
-def require_devices(gpus: int) -> None:
-    """Fail fast when a job got fewer GPUs than its plan asked for (sites do hand out the wrong ones)."""
+def require_devices(gpus: int, memory_mib: int = 0, memories_mib: list[float] | None = None) -> None:
+    """Fail fast when a job got fewer GPUs than its plan asked for, or smaller ones than the plan assumed
+    (``memory_mib``, gpu.memory_gib): sites do hand out the wrong GPUs, and a model split for 80 GiB GPUs spills
+    or dies mid-run on 40 GiB ones. ``memories_mib`` stands in for the visible GPUs' memory in tests."""
     if gpus <= 0 or os.environ.get("KMAP_ALLOW_CPU") == "1":
         return
-    got = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if memories_mib is None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        memories_mib = [torch.cuda.get_device_properties(i).total_memory / 2**20 for i in range(count)]
+    got = len(memories_mib)
     if got < gpus:
         raise ModelLoadError(
             f"this job was planned for {gpus} GPU(s) but sees {got} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); check the partition's GPUs "
             "and the gpu resource in profiles/slurm, or set KMAP_ALLOW_CPU=1 to run on CPU anyway"
+        )
+    # Cards report a little less than their label (an 80 GB H100 shows 79.2 GiB): 3 % tolerance.
+    small = [i for i, mib in enumerate(memories_mib[:gpus]) if mib < 0.97 * memory_mib]
+    if memory_mib and small:
+        have = ", ".join(f"cuda:{i} {memories_mib[i] / 1024:.1f} GiB" for i in small)
+        raise ModelLoadError(
+            f"this job was planned for GPUs of {memory_mib / 1024:g} GiB (gpu.memory_gib) but got {have}; set "
+            "cluster.gpu_constraint to the node feature of such GPUs (or cluster.gpu_partition), or describe the "
+            "GPUs you have with gpu.memory_gib so the plan splits the model over more of them"
         )
 
 
@@ -263,7 +277,7 @@ def load_for_job(job: Any, spec: ModelSpec | None = None, stage: str = "forward"
     devices = describe_devices()
     job.log.info("devices: %s", devices)
     gpus = int(job.smk.resources.gpu)
-    require_devices(gpus)
+    require_devices(gpus, int(getattr(job.smk.resources, "gpu_memory_mib", 0) or 0))
     # The GPU plan's split (a resource, not a setting: hardware descriptions never rerun a job).
     mib = int(getattr(job.smk.resources, "max_memory_mib", 0) or 0)
     max_memory = {i: f"{mib}MiB" for i in range(gpus)} if gpus and mib else None
@@ -277,6 +291,8 @@ def load_for_job(job: Any, spec: ModelSpec | None = None, stage: str = "forward"
     if loaded.spec != job.spec():
         # The spec as loaded (saliency loads quantized checkpoints dequantized); same weights, so the record's
         # resolved revision stands and the weights are not hashed again.
-        facts["model"] = {**job.provenance["model"], **asdict(loaded.spec)}
+        # Where it was read from stays as recorded (a staged snapshot keeps its hub id and commit).
+        loaded_as = {k: v for k, v in asdict(loaded.spec).items() if k not in ("source", "revision")}
+        facts["model"] = {**job.provenance["model"], **loaded_as}
     job.note(**facts, n_layers=loaded.n_layers)
     return loaded
