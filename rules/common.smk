@@ -107,7 +107,8 @@ def make_plans():
     counts = snapshots / "param_counts.json"
     plans = {}
     for name, spec in SPECS.items():
-        arch = config_snapshot(spec, snapshots) if spec.kind == "hf" else None
+        staged = Path(STAGING) / name / "files"
+        arch = config_snapshot(spec, snapshots, staged) if spec.kind == "hf" else None
         for stage in STAGES:
             plans[name, stage] = (
                 plan(spec, arch, stage, settings, counts)

@@ -63,11 +63,13 @@ class GpuPlan:
         return asdict(self)
 
 
-def config_snapshot(spec: ModelSpec, snapshots: Path) -> dict[str, Any]:
-    """The architecture config: a shipped snapshot, a local checkpoint's config.json, or the hub's."""
+def config_snapshot(spec: ModelSpec, snapshots: Path, staged: Path | None = None) -> dict[str, Any]:
+    """The architecture config: a shipped snapshot, a local checkpoint's or the staged snapshot's config.json
+    (a cluster job re-parses the workflow on a node without internet), or the hub's."""
     for candidate in (
         snapshots / (spec.source.replace("/", "--") + ".json"),
         Path(spec.source) / "config.json",
+        *([staged / "config.json"] if staged else []),
     ):
         if candidate.is_file():
             return json.loads(candidate.read_text())
