@@ -1,6 +1,6 @@
 # kmap: medical knowledge maps of large language models.
 #   snakemake --cores 2                                  # default config: demo + tiny models, CPU only
-#   snakemake --profile profiles/slurm --configfile config/paper.yaml
+#   snakemake --profile slurm --configfile config/paper.yaml    # from this folder: ./slurm -> profiles/slurm
 # This file only includes rule files; helpers and config validation live in rules/common.smk.
 
 

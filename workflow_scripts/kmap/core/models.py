@@ -238,7 +238,7 @@ def require_devices(gpus: int, memory_mib: int = 0, memories_mib: list[float] | 
         raise ModelLoadError(
             f"this job was planned for {gpus} GPU(s) but sees {got} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); check the partition's GPUs "
-            "and the gpu resource in profiles/slurm, or set KMAP_ALLOW_CPU=1 to run on CPU anyway"
+            "(cluster.gpu_partition) and any gpu override in your profile, or set KMAP_ALLOW_CPU=1 to run on CPU anyway"
         )
     # Cards report a little less than their label (an 80 GB H100 shows 79.2 GiB): 3 % tolerance.
     small = [i for i, mib in enumerate(memories_mib[:gpus]) if mib < 0.97 * memory_mib]
