@@ -4,7 +4,8 @@
 #   .ci/slurm.sh stop    stops the daemons by their PIDs
 # State lives in $KMAP_SLURM_DIR (default /tmp/kmap-slurm). Accounting storage is off, so Snakemake's
 # plugin must poll with squeue (profiles/slurm sets slurm-status-command: squeue; MinJobAge keeps
-# finished jobs visible to squeue for 10 minutes).
+# finished jobs visible to squeue for 10 minutes). One node in two partitions, gpu (the default) and cpu, with a
+# node feature (fakegpu80) so that kmap's routing (cluster.gpu_partition / cpu_partition / gpu_constraint) is real.
 set -euo pipefail
 state=${KMAP_SLURM_DIR:-/tmp/kmap-slurm}
 conf=/etc/slurm/slurm.conf
@@ -45,8 +46,9 @@ SlurmctldLogFile=$state/log/slurmctld.log
 SlurmdLogFile=$state/log/slurmd.log
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:1 Feature=fakegpu80 State=UNKNOWN
 PartitionName=gpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes=$host MaxTime=INFINITE State=UP
 CONF
   cat > /etc/slurm/gres.conf <<CONF
 AutoDetect=off

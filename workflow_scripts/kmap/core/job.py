@@ -112,7 +112,8 @@ class Job:
 
         spec = ModelSpec(**self.params["model"])
         staged = self._staged
-        return dataclasses.replace(spec, source=str(staged[0]), revision=None) if staged else spec
+        # An absolute path: a local checkpoint to every check (is_local), never mistaken for a hub id.
+        return dataclasses.replace(spec, source=str(staged[0].resolve()), revision=None) if staged else spec
 
     @cached_property
     def _staged(self) -> tuple[Path, dict[str, Any]] | None:
