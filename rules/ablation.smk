@@ -53,6 +53,9 @@ rule ablation_judge:
         judge=JudgeSettings.from_dict(config["judge"]).score_settings(),
         # Outside any one run's outputs and never declared: a rerun reads it and pays only for new pairs.
         cache_dir=f"{RESULTS}/cache/judge",
+        # Changed by a judge job that left pairs failed (unreachable endpoint, timeouts, a wrong key): the next
+        # run retries exactly those; unchanged once every pair has a verdict, so nothing reruns after that.
+        retry=judge_retry_token,
         code=code("ablation_judge"),
     script:
         "../workflow_scripts/ablation_judge.py"
@@ -81,6 +84,8 @@ rule ablation_summary:
     params:
         bootstrap=config["bootstrap"],
         figures=config["figures"],
+        # Whether a domain's verdicts can stand as its judge score: a summary setting, never a judge rerun.
+        min_ok_share=config["judge"]["min_ok_share"],
         code=code("ablation_summary"),
     script:
         "../workflow_scripts/ablation_summary.py"

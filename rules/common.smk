@@ -424,6 +424,18 @@ def map_tables(kind):
     return get
 
 
+def judge_retry_token(wildcards):
+    """The token a judge job writes beside its answer cache when pairs failed; a new one reruns the judge."""
+    marker = (
+        Path(RESULTS)
+        / "cache"
+        / "judge"
+        / wildcards.model
+        / f"{wildcards.domain}.retry"
+    )
+    return marker.read_text().strip() if marker.is_file() else ""
+
+
 def model_cells(kind):
     def get(wildcards):
         return expand(

@@ -2,7 +2,8 @@
 
 It answers ``POST .../chat/completions`` with a deterministic score (``default_answer``); on command it fails
 with given HTTP statuses (``fail_next``), answers late (``delay_next``, for timeouts) or returns given answers
-(``answer_next``, for malformed ones). With ``expected_key`` it rejects any other key with a 401 whose message
+(``answer_next``, for malformed ones), or answers every request with a non-JSON page (``non_json``, a proxy or
+a wrong base_url). With ``expected_key`` it rejects any other key with a 401 whose message
 quotes the key it got (as real providers partly do). It records every request body and Authorization header.
 It is bounded: it stops itself after ``lifetime_s`` seconds or ``max_requests`` requests, whichever first.
 """
@@ -34,8 +35,10 @@ class JudgeServer:
         expected_key: str | None = None,
         lifetime_s: float = 120.0,
         max_requests: int = 1000,
+        non_json: bool = False,
     ) -> None:
         self.answer = answer
+        self.non_json = non_json
         self.expected_key = expected_key
         self.max_requests = max_requests
         self.bodies: list[dict[str, Any]] = []
@@ -115,6 +118,8 @@ class JudgeServer:
                 headers = {"retry-after": "0"} if status == 429 else {}
                 return status, {"error": {"message": f"injected {status}", "type": "server_error"}}, headers
             text = self._answers.popleft() if self._answers else self.answer(body)
+        if self.non_json:
+            return 200, b"<html><body>Service temporarily unavailable</body></html>", {}  # type: ignore[return-value]
         completion = {
             "id": f"chatcmpl-test-{len(self.bodies)}",
             "object": "chat.completion",
@@ -150,10 +155,11 @@ class JudgeServer:
                     server.statuses.append(status)
                 self._send(status, payload, headers)
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict[str, Any] | bytes, headers: dict[str, str]) -> None:
+                raw = isinstance(payload, bytes)
+                data = payload if raw else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if raw else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)

@@ -250,7 +250,7 @@ def test_malformed_answers_end_missing_and_stay_cached(tmp_path: Path) -> None:
         assert row["status"] == "malformed" and np.isnan(row["score"]) and server.n_requests == 3
         rerun = run_judge(responses, settings, cache, "m", "d", environ={KEY_ENV: KEY})
         assert rerun.table.iloc[0]["status"] == "malformed" and server.n_requests == 3  # never pays twice
-        metrics, _ = summarise_verdicts(rerun.table, "m", "d", n_boot=10)
+        metrics, _, _ = summarise_verdicts(rerun.table, "m", "d", n_boot=10)
         assert np.isnan(metrics["value"]).all() and metrics["n"].tolist() == [0]
 
 
@@ -269,7 +269,7 @@ def test_no_key_skips_with_one_message(tmp_path: Path, caplog: pytest.LogCapture
     assert (run.table["status"] == "skipped").all() and run.skipped_reason == f"no API key: ${KEY_ENV} is not set"
     messages = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(messages) == 1 and KEY_ENV in messages[0] and "--forcerun ablation_judge" in messages[0]
-    metrics, replicates = summarise_verdicts(run.table, "m", "d")
+    metrics, replicates, _ = summarise_verdicts(run.table, "m", "d")
     assert metrics.empty and replicates.empty  # the map then falls back to a judge-free metric
     assert not (tmp_path / "c.jsonl").exists()
 
@@ -292,7 +292,7 @@ def test_summary_means_over_scored_prompts() -> None:
             status=["ok", "ok", "malformed", "ok", "ok", "ok"],
         )
     )
-    metrics, replicates = summarise_verdicts(table, "m", "d", n_boot=50)
+    metrics, replicates, _ = summarise_verdicts(table, "m", "d", n_boot=50, min_ok_share=0.5)
     by_layer = metrics.set_index("layer")
     assert by_layer.loc[0, "value"] == 3.0 and by_layer.loc[0, "n"] == 2 and "1 of 3" in by_layer.loc[0, "note"]
     assert by_layer.loc[1, "value"] == 8.0 and by_layer.loc[1, "n"] == 3
@@ -316,6 +316,7 @@ def _judge_job(tmp_path: Path, judge_config: dict) -> SimpleNamespace:
             judge=settings.score_settings(),
             bootstrap={"n": 20, "seed": 0},
             cache_dir=str(tmp_path / "cache"),
+            retry="",
             code="test",
         ),
         wildcards=SimpleNamespace(model="m", domain="d"),
@@ -341,6 +342,8 @@ def test_entry_script_never_writes_the_key(tmp_path: Path, monkeypatch: pytest.M
         "failed": 5,
         "identical": 1,
     }
+    # Failed pairs: a retry token beside the cache (the rule's param `retry`), so the next run retries.
+    assert (tmp_path / "rejected" / "cache" / "m" / "d.retry").read_text().strip()
     with JudgeServer() as server:
         config = {**config, "base_url": server.base_url}
         job = _judge_job(tmp_path / "accepted", config)
@@ -348,6 +351,7 @@ def test_entry_script_never_writes_the_key(tmp_path: Path, monkeypatch: pytest.M
         assert server.authorizations and set(server.authorizations) == {f"Bearer {KEY}"}
     table = pd.read_parquet(job.output.judge)
     assert table["status"].value_counts().to_dict() == {"ok": 5, "identical": 1}
+    assert not (tmp_path / "accepted" / "cache" / "m" / "d.retry").exists()  # nothing to retry
     summary = _summary_job(job)
     run_entry("ablation_summary.py", summary)
     assert (pd.read_parquet(summary.output.judge_metrics)["metric"] == "judge_score").all()
@@ -377,3 +381,128 @@ def test_entry_script_without_key_succeeds_skipped(tmp_path: Path, monkeypatch: 
 def _summary_job(judge_job: SimpleNamespace) -> object:
     out = Path(judge_job.output.judge).parent / "summary"
     return ablation_summary_job(judge_job.input.responses, judge_job.output.judge, out, judge_job.wildcards)
+
+
+def _unusable(run) -> str:
+    """The judge score a broken judge leaves: none, every row saying why (identical pairs alone would read 1.0)."""
+    metrics, _, note = summarise_verdicts(run.table, "m", "d", n_boot=10)
+    assert note.startswith("judge unusable") and np.isnan(metrics["value"]).all() and len(metrics) == 2
+    assert (metrics["note"] == note).all()
+    return note
+
+
+@pytest.mark.parametrize("kind", ["wrong key", "non-JSON replies", "out-of-range scores", "no number"])
+def test_each_broken_judge_kind_leaves_no_judge_score(tmp_path: Path, kind: str) -> None:
+    """5 judged pairs and 1 token-identical one: whatever breaks, no flat 1.0 curve, and the counts say what."""
+    server = JudgeServer(
+        expected_key="another-key" if kind == "wrong key" else None, non_json=kind == "non-JSON replies"
+    )
+    with server:
+        settings = _settings(server, concurrency=1, malformed_retries=1)
+        if kind == "out-of-range scores":
+            server.answer_next(*["11", "0"] * 5)
+        elif kind == "no number":
+            server.answer_next(*["The second one is worse."] * 10)
+        run = run_judge(_responses(), settings, tmp_path / "c.jsonl", "m", "d", environ={KEY_ENV: KEY})
+    status = "malformed" if kind in ("out-of-range scores", "no number") else "failed"
+    assert run.status_counts == {"identical": 1, status: 5}
+    assert f"0 of 5 judged pairs scored (1 identical, 5 {status}" in _unusable(run)
+
+
+def test_refused_connections_trip_the_circuit_breaker(tmp_path: Path) -> None:
+    with JudgeServer() as server:
+        url = server.base_url
+    # The server is gone: every connection is refused. Two retries per request, breaker after 2 requests.
+    settings = JudgeSettings(
+        base_url=url, api_key_env=KEY_ENV, concurrency=1, max_retries=2, backoff_s=0.0, backoff_max_s=0.0,
+        breaker_failures=2,
+    )  # fmt: skip
+    run = run_judge(_responses(), settings, tmp_path / "c.jsonl", "m", "d", environ={KEY_ENV: KEY})
+    assert run.requests_sent == 2 * 3  # two requests, three attempts each; the other three pairs never sent
+    reasons = run.table.loc[run.table["status"] == "failed", "reason"].tolist()
+    assert len(reasons) == 5 and reasons[0] == "APIConnectionError"
+    assert all(r.startswith("not sent after circuit breaker: 2 requests in a row failed") for r in reasons[2:])
+    assert "5 failed" in _unusable(run)
+
+
+def test_an_answer_resets_the_breaker_and_a_rerun_retries_only_failed_pairs(tmp_path: Path) -> None:
+    cache = tmp_path / "c.jsonl"
+    with JudgeServer() as server:
+        settings = _settings(server, concurrency=1, max_retries=0, breaker_failures=2)
+        # Failures alternate with answers: never two in a row, so the breaker stays closed.
+        server.fail_next(500)
+        run = run_judge(_responses(), settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert run.status_counts == {"failed": 1, "identical": 1, "ok": 4} and server.n_requests == 5
+        usable, _, note = summarise_verdicts(run.table, "m", "d", n_boot=10)
+        assert note == "verdicts: 4 ok, 1 identical, 1 failed" and np.isfinite(usable["value"]).any()
+        rerun = run_judge(_responses(), settings, cache, "m", "d", environ={KEY_ENV: KEY})
+        assert rerun.status_counts == {"identical": 1, "ok": 5} and server.n_requests == 6  # the failed pair only
+        assert rerun.table["cached"].sum() == 4
+
+
+def test_an_unusable_judge_never_becomes_the_map_and_the_map_says_so(tmp_path: Path) -> None:
+    from kmap.maps.curves import MapSettings, consensus, curve_intervals, map_curve
+    from kmap.maps.figures import draw_map
+    from kmap.methods.ablation.summary import summarise
+
+    responses = _responses().assign(kl=[0.0, 2.0, 0.5] * 3, logprob_drop=0.1, token_overlap=0.5, identical=0.0)
+    with JudgeServer(expected_key="another-key") as server:
+        run = run_judge(responses, _settings(server, concurrency=1), tmp_path / "c.jsonl", "m", "d", {KEY_ENV: KEY})
+    judge_metrics, _, _ = summarise_verdicts(run.table, "m", "d", n_boot=10)
+    free_metrics, _ = summarise(responses, "m", "d", n_boot=10)
+    metrics = pd.concat([free_metrics, judge_metrics], ignore_index=True)
+    curve = map_curve(metrics, None, "ablation", "d", MapSettings())
+    assert curve is not None and curve.metric == "kl"
+    assert (
+        curve.note.startswith("judge_score not used (judge unusable: 0 of 5 judged pairs scored")
+        and "kl instead" in curve.note
+    )
+    # With a working judge the judge score stands and there is nothing to say.
+    with JudgeServer() as server:
+        good = run_judge(responses, _settings(server), tmp_path / "g.jsonl", "m", "d", {KEY_ENV: KEY})
+    metrics = pd.concat([free_metrics, summarise_verdicts(good.table, "m", "d", n_boot=10)[0]], ignore_index=True)
+    chosen = map_curve(metrics, None, "ablation", "d", MapSettings())
+    assert chosen is not None and chosen.metric == "judge_score" and chosen.note == ""
+    # The note is printed under the map figure.
+    _, cells = curve_intervals(curve, MapSettings().rule_params())
+    agree = consensus(cells, MapSettings().consensus_methods)
+    draw_map(cells, agree, tmp_path / "map.png", tmp_path / "map.pdf", "m", notes=[curve.note])
+    assert (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_workflow_retries_failed_verdicts_on_the_next_plain_run(tmp_path: Path) -> None:
+    """Through Snakemake: a judge that fails leaves the domain without a judge score, and the next plain run plans
+    the judge again (its retry marker is newer than its output) and sends only the failed pairs; then nothing."""
+    from tests.workflow import copy_workflow, job_counts, local_env, snakemake, write_config
+
+    work = copy_workflow(tmp_path / "wf")
+    target = "results/ablation/tiny-llama/disease.judge_metrics.parquet"
+
+    def run(server: JudgeServer, *extra: str) -> str:
+        config = {
+            "models": {"tiny-llama": {"kind": "tiny", "architecture": "llama", "dtype": "float32"}},
+            "methods": ["ablation"],
+            "domains": ["disease"],
+            "tiny": {"n_layers": 2, "hidden_size": 32},
+            "bootstrap": {"n": 20},
+            "ablation": {"max_new_tokens": 3},
+            "judge": {"base_url": server.base_url, "api_key_env": KEY_ENV, "concurrency": 2, "backoff_s": 0.001},
+        }
+        write_config(work, config)
+        env = local_env(**{KEY_ENV: KEY})
+        return snakemake(work, *extra, target, "--configfile", "config/test.yaml", env=env).stdout
+
+    with JudgeServer(expected_key="another-key") as server:
+        run(server)
+    first = pd.read_parquet(work / "results/ablation/tiny-llama/disease.judge.parquet")
+    failed = int((first["status"] == "failed").sum())
+    assert failed > 0 and set(first["status"]) <= {"failed", "identical"}
+    assert np.isnan(pd.read_parquet(work / target)["value"]).all()  # no judge score from a broken judge
+    with JudgeServer() as server:
+        assert job_counts(run(server, "-n")) == {"ablation_judge": 1, "ablation_summary": 1}
+        run(server)
+        # Only the failed pairs were sent (pairs asking the very same question share one request).
+        assert server.n_requests == first.loc[first["status"] == "failed", "request_hash"].nunique()
+        assert job_counts(run(server, "-n")) == {}
+    judged = pd.read_parquet(work / "results/ablation/tiny-llama/disease.judge.parquet")
+    assert set(judged["status"]) <= {"ok", "identical"} and np.isfinite(pd.read_parquet(work / target)["value"]).any()

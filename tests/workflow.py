@@ -121,7 +121,7 @@ def ablation_summary_job(responses: str, judge: str, out: Path, wildcards: objec
             **{f"{f}_{s}": str(out / f"{f}.{s}") for f in ("curves", "judge_curves") for s in ("png", "pdf")},
         ),
         log=[str(out / "summary.log")],
-        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, code="test"),
+        params=SimpleNamespace(bootstrap={"n": 20, "seed": 0}, figures={"dpi": 60}, min_ok_share=0.8, code="test"),
         wildcards=wildcards,
         threads=1,
         resources=SimpleNamespace(),

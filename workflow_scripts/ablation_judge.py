@@ -6,9 +6,13 @@ job still succeeds; the key is not an input, so adding it later reruns nothing b
 """
 
 import logging
+import os
+import time
+from pathlib import Path
 
 import pandas as pd
 
+from kmap.core.io import write_text_atomic
 from kmap.core.job import Job
 from kmap.methods.ablation.judge import JudgeSettings, run_judge
 
@@ -32,6 +36,17 @@ def main(job: Job) -> None:
     )
     job.write_frame(run.table, job.smk.output.judge)
     job.log.info("judge %s: %s, %d requests sent", job.label, run.status_counts, run.requests_sent)
+    failed = run.status_counts.get("failed", 0)
+    if failed:
+        # A new retry token (the rule's param `retry`): the next run reruns this job, sending the failed pairs.
+        write_text_atomic(Path(cache).with_suffix(".retry"), f"{time.time_ns()}-{os.getpid()}\n")
+        job.log.warning(
+            "judge %s: %d pair(s) failed (%s); the next `snakemake` run retries them, answers already received "
+            "are reused",
+            job.label,
+            failed,
+            run.skipped_reason or "see the reason column",
+        )
 
 
 if __name__ == "__main__":

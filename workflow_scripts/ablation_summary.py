@@ -26,17 +26,23 @@ def main(job: Job) -> None:
     curve_figure(metrics, out.curves_png, out.curves_pdf, f"{model} · {domain}: layer ablation (judge-free)", CAPTION)
 
     judged = pd.read_parquet(job.smk.input.judge)
-    metrics, replicates = summarise_verdicts(judged, model, domain, n, seed)
+    metrics, replicates, verdicts = summarise_verdicts(judged, model, domain, n, seed, job.params["min_ok_share"])
+    if verdicts.startswith("judge unusable"):
+        job.log.warning("%s: %s", job.label, verdicts)
+    job.note(judge_verdicts=verdicts)
     job.write_table(metrics, out.judge_metrics)
     job.write_table(replicates, out.judge_replicates, REPLICATE_COLUMNS)
     judge = (read_provenance(job.smk.input.judge) or {}).get("judge", {})
     skipped = (read_provenance(job.smk.input.judge) or {}).get("skipped")
-    caption = (
-        f"Judge skipped ({skipped}); the map uses the judge-free metrics."
-        if skipped
-        else f"Degradation judged by {judge.get('model')} from 1 (no change) to 10 (gibberish); missing scores "
-        "(malformed or failed) left out. Bands: 95 % bootstrap CIs over prompts."
-    )
+    if skipped:
+        caption = f"Judge skipped ({skipped}); the map uses the judge-free metrics."
+    elif verdicts.startswith("judge unusable"):
+        caption = f"{verdicts[0].upper()}{verdicts[1:]}."
+    else:
+        caption = (
+            f"Degradation judged by {judge.get('model')} from 1 (no change) to 10 (gibberish); {verdicts}; missing "
+            "scores (malformed or failed) left out. Bands: 95 % bootstrap CIs over prompts."
+        )
     title = f"{model} · {domain}: ablation, LLM judge"
     curve_figure(metrics, out.judge_curves_png, out.judge_curves_pdf, title, caption)
     job.log.info("ablation summary %s: %d judge metric rows", job.label, len(metrics))

@@ -23,6 +23,10 @@ def main(job: Job) -> None:
         intervals, cells = pd.DataFrame(columns=list(INTERVAL_COLUMNS)), pd.DataFrame(columns=list(CELL_COLUMNS))
     else:
         intervals, cells = curve_intervals(curve, settings.rule_params())
+        if curve.note:
+            # Read by knowledge_map, which prints it under the map.
+            job.note(map_note=f"{domain}, {method}: {curve.note}")
+            job.log.warning("%s: %s", job.label, curve.note)
         found = ", ".join(f"{r.start}-{r.end}" for r in intervals.itertuples()) or "no interval"
         job.log.info("%s: %s, contrast %s (%s rule) -> %s", job.label, curve.metric, curve.contrast, curve.rule, found)
     job.write_frame(intervals, job.smk.output.intervals)

@@ -3,6 +3,7 @@
 import pandas as pd
 
 from kmap.core.job import Job
+from kmap.core.provenance import read_provenance
 from kmap.maps.curves import MapSettings, consensus, read_cells
 from kmap.maps.figures import draw_map
 
@@ -12,8 +13,11 @@ def main(job: Job) -> None:
     settings = MapSettings.from_dict(job.params["map"])
     cells = read_cells(job.smk.input.cells)
     intervals = pd.concat([pd.read_parquet(path) for path in job.smk.input.intervals], ignore_index=True)
+    # Rows whose preferred metric could not stand (an unusable judge): said under the map and in its record.
+    notes = [n for p in job.smk.input.intervals if (n := (read_provenance(p) or {}).get("map_note"))]
+    job.note(notes=notes)
     agree = consensus(cells, settings.consensus_methods)
-    drawn = draw_map(cells, agree, out.png, out.pdf, f"{job.model}: knowledge map")
+    drawn = draw_map(cells, agree, out.png, out.pdf, f"{job.model}: knowledge map", notes=notes)
     job.write_frame(cells, out.cells)
     job.write_frame(agree, out.consensus)
     job.write_frame(intervals, out.intervals)

@@ -28,7 +28,7 @@ from kmap.core.tables import METRIC_COLUMNS, write_frame, write_table
 # The job this process runs (one per entry-script process), read by kmap.core.figures.
 CURRENT: Job | None = None
 # Params that locate things rather than shape values: kept out of the recorded settings.
-NOT_SETTINGS = ("code", "model", "prompts_dir", "cache_dir")
+NOT_SETTINGS = ("code", "model", "prompts_dir", "cache_dir", "retry")
 # Inputs whose content is the prompt set (hashed into every record).
 PROMPT_INPUTS = ("prompts", "pairs", "knowledge")
 # Facts carried over from inputs' provenance.

@@ -73,6 +73,7 @@ class MapCurve:
     replicates: np.ndarray | None  # [B, n_layers] or None
     raw: np.ndarray | None = None  # the method's own values where ``values`` is a contrast; else None
     contrast: str = "none"  # what was subtracted: "none", or "others (k domains)"
+    note: str = ""  # why an earlier candidate metric does not stand for the method (e.g. an unusable judge)
 
 
 # The metric standing for each method on the map (first candidate with a finite value wins), and for UMAP the
@@ -146,7 +147,21 @@ def map_curve(
     if metric is None:
         return None
     reps = None if replicates is None or replicates.empty else replicates[replicates["layer"] >= 0]
-    return curve_from_tables(layers, reps, metric, rule)
+    curve = curve_from_tables(layers, reps, metric, rule)
+    return dataclasses.replace(curve, note=fallback_note(layers, candidates, metric))
+
+
+def fallback_note(metrics: pd.DataFrame, candidates: Sequence[str], chosen: str) -> str:
+    """What the map says when a preferred metric was computed but has no finite value (the judge score of an
+    unusable judge), and which metric stands instead; "" when the first candidate is used or was never made."""
+    notes = []
+    for candidate in candidates[: list(candidates).index(chosen)]:
+        rows = metrics[metrics["metric"] == candidate]
+        if rows.empty:
+            continue
+        reasons = [n for n in dict.fromkeys(rows["note"].fillna("").astype(str)) if n] if "note" in rows else []
+        notes.append(f"{candidate} not used ({'; '.join(reasons) or 'no finite value'}): {chosen} instead")
+    return "; ".join(notes)
 
 
 def domain_curve(

@@ -4,6 +4,8 @@ content from the data behind it rather than by pixels."""
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -74,8 +76,9 @@ def draw_map(
     pdf: str | Path,
     title: str,
     x: str = "layer",
+    notes: Sequence[str] = (),
 ) -> dict[str, int]:
-    """One model's Domain × Layer map (``x``: "layer" or "depth")."""
+    """One model's Domain × Layer map (``x``: "layer" or "depth"), with ``notes`` printed under it."""
     domains = list(dict.fromkeys(cells["domain"]))
     fig, ax = plt.subplots(figsize=(max(6, 0.12 * cells["layer"].nunique() + 3), 0.7 * len(domains) + 1.5))
     if cells.empty:  # no method produced a finite curve: say so instead of failing the job
@@ -88,6 +91,9 @@ def draw_map(
     ax.set_xlabel("layer" if x == "layer" else "relative depth (layer / L)")
     ax.set_title(title)
     _legend(ax, list(set(cells["method"])))
+    if notes:
+        text = "\n".join(textwrap.fill(f"Note: {n}", 140) for n in notes)
+        fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=7, wrap=True)
     save(fig, png, pdf)
     return drawn
 

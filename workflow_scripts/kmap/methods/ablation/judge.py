@@ -81,6 +81,8 @@ class JudgeSettings:
     backoff_s: float = schema_field("judge", "backoff_s")
     backoff_max_s: float = schema_field("judge", "backoff_max_s")
     malformed_retries: int = schema_field("judge", "malformed_retries")
+    breaker_failures: int = schema_field("judge", "breaker_failures")
+    min_ok_share: float = schema_field("judge", "min_ok_share")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> JudgeSettings:
@@ -106,10 +108,12 @@ class Verdict:
 class JudgeFailure(RuntimeError):
     """A request that could not be answered; ``reason`` is safe to record (class and status only)."""
 
-    def __init__(self, reason: str, fatal: bool = False) -> None:
+    def __init__(self, reason: str, fatal: bool = False, exhausted: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.fatal = fatal
+        # Retryable (unreachable, timeout, 5xx) and still failing after every retry: counts toward the breaker.
+        self.exhausted = exhausted
 
 
 def api_key(settings: JudgeSettings, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -230,7 +234,7 @@ def with_retries(send: Callable[[], str], settings: JudgeSettings, sleep: Callab
         except Exception as error:  # noqa: BLE001 - classified below; unknown kinds give up on this request
             kind = classify(error)
             if kind != "retry" or attempt == settings.max_retries:
-                raise JudgeFailure(describe_error(error), fatal=kind == "fatal") from None
+                raise JudgeFailure(describe_error(error), fatal=kind == "fatal", exhausted=kind == "retry") from None
             sleep(retry_delay(error, attempt, settings))
     raise AssertionError("unreachable")
 
@@ -258,6 +262,7 @@ class Judge:
         self.cache = cache
         self.requests_sent = 0
         self._fatal: str | None = None
+        self._failing_in_a_row = 0  # requests that failed for good since the last answer (circuit breaker)
         self._lock = threading.Lock()
         self._pending: dict[str, threading.Lock] = {}
 
@@ -294,17 +299,31 @@ class Judge:
             try:
                 answers.append(with_retries(lambda: self._send(request), self.settings))
             except JudgeFailure as failure:
-                if failure.fatal and not self._fatal:
-                    self._fatal = failure.reason
-                    log.error(
-                        "LLM judge stopped after %s: check the key in $%s, judge.base_url and judge.model; "
-                        "the remaining pairs are recorded as failed",
-                        failure.reason,
-                        self.settings.api_key_env,
-                    )
+                self._failed(failure)
                 return Verdict(np.nan, "failed", failure.reason, key, cached)
+            with self._lock:
+                self._failing_in_a_row = 0
             self.cache.put(key, answers)
             cached = False
+
+    def _failed(self, failure: JudgeFailure) -> None:
+        """Stop sending after a fatal error, or (circuit breaker) after ``breaker_failures`` requests in a row
+        failed for good: an unreachable endpoint would otherwise cost every pair its full retry budget."""
+        with self._lock:
+            if failure.exhausted:
+                self._failing_in_a_row += 1
+            reason = failure.reason if failure.fatal else None
+            if failure.exhausted and self._failing_in_a_row >= self.settings.breaker_failures:
+                reason = f"circuit breaker: {self._failing_in_a_row} requests in a row failed ({failure.reason})"
+            if reason is None or self._fatal:
+                return
+            self._fatal = reason
+        log.error(
+            "LLM judge stopped after %s: check the key in $%s, judge.base_url and judge.model; the remaining pairs "
+            "are recorded as failed, and the next run retries them (answers already received are kept)",
+            reason,
+            self.settings.api_key_env,
+        )
 
 
 def pairs_from_responses(responses: pd.DataFrame) -> pd.DataFrame:

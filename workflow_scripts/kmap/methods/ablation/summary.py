@@ -64,12 +64,41 @@ def _nan_mean_with_ci(values: np.ndarray, indices: np.ndarray) -> tuple[float, f
     return float(values[finite].mean()), low, high, replicates, n, note
 
 
+def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
+    """Verdicts per status (ok, identical, malformed, failed, skipped), zeros included."""
+    counts = table["status"].value_counts()
+    return {status: int(counts.get(status, 0)) for status in ("ok", "identical", "malformed", "failed", "skipped")}
+
+
+def judge_usable(counts: dict[str, int], min_ok_share: float) -> tuple[bool, str]:
+    """Whether a domain's verdicts can stand as a judge score, and the note saying why (with every count)."""
+    judged = counts["ok"] + counts["malformed"] + counts["failed"]
+    summary = ", ".join(f"{counts[k]} {k}" for k in ("ok", "identical", "malformed", "failed") if counts[k])
+    if judged and counts["ok"] < min_ok_share * judged:
+        return False, (
+            f"judge unusable: {counts['ok']} of {judged} judged pairs scored ({summary}; judge.min_ok_share "
+            f"{min_ok_share:g}); no judge score, the map uses the judge-free metrics"
+        )
+    return True, f"verdicts: {summary}"
+
+
 def summarise_verdicts(
-    table: pd.DataFrame, model: str, domain: str, n_boot: int = 200, seed: int = 0
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table: pd.DataFrame, model: str, domain: str, n_boot: int = 200, seed: int = 0, min_ok_share: float = 0.8
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Mean judge score per layer with bootstrap CIs over prompts (missing scores left out, counted in
-    ``note``). Empty tables when the judge was skipped, so the map falls back to a judge-free metric."""
+    ``note``), and a note with the verdict counts. Empty tables when the judge was skipped; NaN scores (every
+    row saying why) when too few pairs got a valid score: token-identical pairs alone score 1.0 without a
+    request, so a broken judge would otherwise draw a flat "no change" curve. Either way the map falls back to
+    a judge-free metric."""
     if (table["status"] == "skipped").all():
-        return pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+        empty = pd.DataFrame(columns=list(METRIC_COLUMNS)), pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+        return (*empty, "judge skipped")
+    usable, note = judge_usable(verdict_counts(table), min_ok_share)
     scores = table.rename(columns={"score": "judge_score"})
-    return summarise(scores, model, domain, metrics=("judge_score",), n_boot=n_boot, seed=seed, method=METHOD)
+    if not usable:
+        scores = scores.assign(judge_score=np.nan)
+    metrics, replicates = summarise(scores, model, domain, metrics=("judge_score",), n_boot=n_boot, seed=seed)
+    joined = [f"{note}; {row}" if row else note for row in metrics["note"].fillna("")]
+    if not usable:
+        joined = [note] * len(metrics)
+    return metrics.assign(note=joined), replicates, note
