@@ -54,6 +54,10 @@ def _non_utf8(work: Path, config: dict) -> None:
 
 LLAMA = json.dumps({"model_type": "llama", "num_hidden_layers": 2})
 REMOTE = json.dumps({"model_type": "custom", "auto_map": {"AutoModelForCausalLM": "modeling.Custom"}})
+# Credentials users paste where a name belongs: never repeated in any message or file (test below).
+PASTED_KEY = "sk-proj-Q7pL4vB8nR1tY6wE3abcXYZ123"
+NAME_SHAPED_KEY = "a3f9c2e1b4d5e6f7a8b9c0d1e2f3a4b5"  # a valid identifier, but the churn of a random string
+HUB_TOKEN = "hf_QwErTyUiOpAsDfGhJkLzXcVbNm"
 
 # name -> (how to break a fresh copy, fragments the dry run's message must contain)
 CASES: dict[str, tuple[Callable[[Path, dict], None], list[str]]] = {
@@ -80,6 +84,18 @@ CASES: dict[str, tuple[Callable[[Path, dict], None], list[str]]] = {
     "pickled checkpoint only": (
         _local_model({"config.json": LLAMA, "pytorch_model.bin": b"pickle"}),
         ["models.m.source", "no .safetensors weights"],
+    ),
+    "API key pasted into judge.api_key_env": (
+        lambda w, c: c.update(judge={"api_key_env": PASTED_KEY}),
+        ["judge.api_key_env", "looks like an API key", "put the variable's name here, and rotate the key"],
+    ),
+    "identifier-shaped key in judge.api_key_env": (
+        lambda w, c: c.update(judge={"api_key_env": NAME_SHAPED_KEY}),
+        ["judge.api_key_env", "put the variable's name here, and rotate the key"],
+    ),
+    "credential in any other field": (
+        _model(source=f"https://{HUB_TOKEN}@huggingface.co/org/model"),
+        ["models.m.source", "looks like a credential", "environment variables only", "HF_TOKEN"],
     ),
     "trust_remote_code required but not allowed": (
         _local_model({"config.json": REMOTE, "model.safetensors": b""}),
@@ -114,3 +130,25 @@ def test_readme_lists_every_case_with_its_message() -> None:
         assert case in rows, f"tests/README.md lacks the case {case!r}"
         for fragment in fragments:
             assert fragment in rows[case].replace("\\|", "|"), (case, fragment)
+
+
+@pytest.mark.parametrize("secret", [PASTED_KEY, NAME_SHAPED_KEY, HUB_TOKEN])
+def test_a_pasted_credential_is_never_repeated(tmp_path: Path, secret: str) -> None:
+    """Neither the console nor any file the run writes (Snakemake's logs included) repeats it; only the user's own
+    config file holds it."""
+
+    def change(work: Path, config: dict) -> None:
+        if secret == HUB_TOKEN:
+            _model(source=f"https://{secret}@huggingface.co/org/model")(work, config)
+        else:
+            config["judge"] = {"api_key_env": secret}
+
+    output = _dry_run(tmp_path, change)
+    work = tmp_path / "wf"
+    # A real run too: it stops at the same check, and Snakemake writes its log of the run.
+    real = snakemake(work, "--configfile", "config/test.yaml", check=False)
+    output += real.stdout + real.stderr
+    assert real.returncode != 0 and "rotate" in output and secret not in output and secret[-10:] not in output
+    written = [p for p in work.rglob("*") if p.is_file() and p != work / "config" / "test.yaml"]
+    assert any(".snakemake" in p.parts for p in written)  # Snakemake's own log of the failed run is among them
+    assert [p for p in written if secret.encode() in p.read_bytes()] == []

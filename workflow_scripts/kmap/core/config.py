@@ -27,6 +27,50 @@ class ConfigError(ValueError):
     """Invalid configuration; the message lists every problem with its key and fix."""
 
 
+# Credentials as providers issue them (OpenAI/Anthropic-style sk-, Stripe-style sk_live_, hub hf_, GitHub, Groq,
+# xAI, Google, AWS, Slack, bearer headers). Matched anywhere in the config, so a token pasted into any field is
+# refused before it can reach a log, an output or a provenance record.
+TOKEN = re.compile(
+    r"\bsk-[A-Za-z0-9_-]{16,}|\bsk_(?:live|test)_[A-Za-z0-9]{12,}|\bhf_[A-Za-z0-9]{20,}|\bgh[pousr]_[A-Za-z0-9]{20,}"
+    r"|\bgithub_pat_[A-Za-z0-9_]{20,}|\bgsk_[A-Za-z0-9]{20,}|\bxai-[A-Za-z0-9]{20,}|\bAIza[0-9A-Za-z_-]{30,}"
+    r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}|\bBearer\s+\S{12,}"
+)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# Config keys whose value is the *name* of an environment variable holding a secret, never the secret.
+SECRET_NAME_KEYS = ("judge.api_key_env",)
+ROTATE = "put the variable's name here, and rotate the key (it has been in your config file)"
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether a value meant to be an environment variable's name is more likely a credential: a known token
+    shape, characters no variable name has, or the letter-digit churn of random strings."""
+    if TOKEN.search(value) or not ENV_NAME.fullmatch(value):
+        return True
+    churn = sum(a.isdigit() != b.isdigit() for a, b in zip(value, value[1:], strict=False))
+    return len(value) >= 16 and churn >= 6
+
+
+def secret_problems(config: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """Every config value holding what looks like a credential, by key only: the value is never repeated."""
+    problems: list[str] = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            problems += secret_problems(value, (*path, str(key)))
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            problems += secret_problems(value, (*path, str(i)))
+    elif isinstance(config, str):
+        key = _key(path)
+        if key in SECRET_NAME_KEYS and looks_like_key(config):
+            problems.append(f"{key}: this looks like an API key, not the name of the variable holding it; {ROTATE}")
+        elif TOKEN.search(config):
+            problems.append(
+                f"{key}: holds what looks like a credential; keep credentials in environment variables only (the "
+                "judge's key in the variable judge.api_key_env names, a hub token in HF_TOKEN), and rotate it"
+            )
+    return problems
+
+
 def _key(path: Iterable[Any]) -> str:
     return ".".join(str(part) for part in path) or "(top level)"
 
@@ -116,6 +160,11 @@ def _model_problems(name: str, entry: dict[str, Any], methods: list[str]) -> lis
 def check_config(config: dict[str, Any], schema_path: str | Path, source: str = "the config") -> dict[str, Any]:
     """Validate ``config``; return it with defaults filled, or raise ConfigError listing every problem."""
     schema = load_yaml(Path(schema_path))
+    leaked = secret_problems(config)
+    if leaked:
+        # Alone, so that no other message can repeat the value.
+        lines = "\n".join(f"  - {problem}" for problem in leaked)
+        raise ConfigError(f"invalid configuration in {source}:\n{lines}")
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     problems = [_describe(error) for error in errors]
