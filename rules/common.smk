@@ -16,7 +16,13 @@ SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 # Parse-time imports of kmap; jobs import it too, as Snakemake puts a script's own folder on sys.path.
 sys.path.insert(0, str(SCRIPTS))
 
-from kmap.core.config import check_config, model_methods, model_specs, prompt_format
+from kmap.core.config import (
+    ConfigError,
+    check_config,
+    model_methods,
+    model_specs,
+    prompt_format,
+)
 from kmap.core.cost import GPU_RULES, PlannedJob, cost_rows, format_rows
 from kmap.core.gpu_plan import (
     STAGES,
@@ -28,6 +34,7 @@ from kmap.core.gpu_plan import (
 )
 from kmap.core.provenance import code_version
 from kmap.data.prompts import validate_all
+from kmap.maps.known_metrics import map_metric_problems
 from kmap.maps.table1 import DEFAULT_CONCEPTS
 from kmap.methods.ablation.judge import JudgeSettings
 from kmap.methods.ablation.settings import settings_from_config, value_params
@@ -52,7 +59,14 @@ METHODS = model_methods(config)
 # Models with at least one method get a knowledge map (tiny coverage models usually have none).
 MAP_MODELS = [name for name in MODELS if METHODS[name]]
 
-validate_all(Path(PROMPTS), DOMAINS)
+PROMPT_SETS = validate_all(Path(PROMPTS), DOMAINS)
+# A map metric no method writes would silently drop that method's row from every map.
+MAP_PROBLEMS = map_metric_problems(config["map"], PROMPT_SETS)
+if MAP_PROBLEMS:
+    raise ConfigError(
+        "invalid configuration in the configuration:\n"
+        + "\n".join(f"  - {p}" for p in MAP_PROBLEMS)
+    )
 
 
 def names_of(kind):
@@ -370,36 +384,51 @@ def prompt_file(wildcards):
     return f"{PROMPTS}/{wildcards.domain}.csv"
 
 
-def activation_targets():
-    return expand(
-        f"{RESULTS}/activations/{{model}}/{{domain}}.safetensors",
-        model=MODELS,
-        domain=DOMAINS,
+def outputs(rule, **values):
+    """Every output file of ``rule`` for each combination of wildcard ``values``."""
+    return (
+        expand([str(path) for path in rule.output], **values)
+        if all(values.values())
+        else []
     )
-
-
-def method_targets(method, pattern):
-    """``pattern`` (with {model} and {domain}) for every model that runs ``method``."""
-    models = [name for name in MODELS if method in METHODS[name]]
-    return expand(pattern, model=models, domain=DOMAINS)
 
 
 def all_targets():
-    demo = expand(f"{RESULTS}/demo/{{model}}/metrics.json", model=names_of("demo"))
-    umap = method_targets("umap", f"{RESULTS}/umap/{{model}}/{{domain}}.panels.png")
-    saliency = method_targets(
-        "saliency", f"{RESULTS}/saliency/{{model}}/{{domain}}.metrics.parquet"
+    """Every file a run writes, not only the last of each chain: Snakemake replans a deleted file only when a
+    target needs it, and a missing intermediate (a GPU job's raw table) would otherwise go unnoticed.
+    """
+    by = {m: [name for name in MODELS if m in METHODS[name]] for m in GPU_METHODS}
+    hf = names_of("hf")
+    targets = outputs(rules.demo_model, demo_model=names_of("demo"))
+    targets += outputs(rules.tiny_model, tiny_model=names_of("tiny"))
+    targets += outputs(rules.stage_weights, model=HUB_MODELS)
+    targets += outputs(rules.activations, model=MODELS, domain=DOMAINS)
+    targets += outputs(
+        rules.preflight, model=hf, domain=DOMAINS, method=["activations"]
     )
-    ablation = method_targets(
-        "ablation", f"{RESULTS}/ablation/{{model}}/{{domain}}.judge_metrics.parquet"
-    )
-    patching = method_targets(
-        "patching", f"{RESULTS}/patching/{{model}}/{{domain}}.metrics.parquet"
-    )
-    maps = expand(f"{RESULTS}/maps/{{model}}/map.png", model=MAP_MODELS)
-    summary = [f"{RESULTS}/summary/table1.csv"] if MAP_MODELS else []
-    methods = umap + saliency + ablation + patching
-    return demo + activation_targets() + methods + maps + summary + cost_targets()
+    for method in ("saliency", "ablation", "patching"):
+        models = [name for name in by[method] if name in hf]
+        targets += outputs(
+            rules.preflight, model=models, domain=DOMAINS, method=[method]
+        )
+    umap = [name for name in MODELS if "umap" in METHODS[name]]
+    targets += outputs(rules.umap, model=umap, domain=DOMAINS)
+    for name in ("saliency", "saliency_summary"):
+        targets += outputs(getattr(rules, name), model=by["saliency"], domain=DOMAINS)
+    for name in ("ablation_generate", "ablation_judge", "ablation_summary"):
+        targets += outputs(getattr(rules, name), model=by["ablation"], domain=DOMAINS)
+    for name in ("patching", "patching_summary"):
+        targets += outputs(getattr(rules, name), model=by["patching"], domain=DOMAINS)
+    for name in MAP_MODELS:
+        targets += outputs(
+            rules.intervals, model=[name], domain=DOMAINS, method=METHODS[name]
+        )
+    targets += outputs(rules.knowledge_map, model=MAP_MODELS)
+    if MAP_MODELS:
+        targets += outputs(rules.cross_model)
+    if COST_ROWS:
+        targets += outputs(rules.cost_plan)
+    return targets
 
 
 # --- knowledge maps ---
@@ -509,7 +538,3 @@ if COST_ROWS and runs_no_job():
         + format_rows(COST_ROWS),
         file=sys.stderr,
     )
-
-
-def cost_targets():
-    return [f"{RESULTS}/summary/cost_plan.csv"] if COST_ROWS else []

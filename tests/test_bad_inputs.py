@@ -97,6 +97,35 @@ CASES: dict[str, tuple[Callable[[Path, dict], None], list[str]]] = {
         _model(source=f"https://{HUB_TOKEN}@huggingface.co/org/model"),
         ["models.m.source", "looks like a credential", "environment variables only", "HF_TOKEN"],
     ),
+    "ablation layer beyond a model's depth": (
+        lambda w, c: c.update(ablation={"layers": [2, 99]}),
+        ["ablation.layers", "[99] outside model 'demo', which has 8 decoder layers (0-7)", "null"],
+    ),
+    "no ablation layers": (lambda w, c: c.update(ablation={"layers": []}), ["ablation.layers", "ablates nothing"]),
+    "judge prompt: unknown placeholder": (
+        lambda w, c: c.update(judge={"user_prompt": "{prompt} / {intact} / {ablatd}"}),
+        ["judge.user_prompt", "unknown placeholder(s) ['ablatd']", "use only {prompt}, {intact}, {ablated}"],
+    ),
+    "map metric no method writes": (
+        lambda w, c: c.update(map={"metrics": {"ablation": ["judge_scor", "kl"]}}),
+        ["map.metrics.ablation.0", "'judge_scor' is not a metric ablation writes", "judge_score"],
+    ),
+    "UMAP map metric not written for the domain": (
+        lambda w, c: c.update(map={"umap_metrics": {"disease": "silhouette:categry"}}),
+        [
+            "map.umap_metrics.disease",
+            "'silhouette:categry' is not a metric umap writes for disease",
+            "silhouette:category",
+        ],
+    ),
+    "prompt file: empty target": (
+        _prompts("symptoms", lambda f: f.assign(target=f["target"].where(f.index != 2, ""))),
+        ["symptoms.csv", "row 3", "'target'", "empty"],
+    ),
+    "prompts folder missing": (
+        lambda w, c: c.update(prompts="nowhere"),
+        ["prompts: folder 'nowhere' does not exist", "set `prompts:`"],
+    ),
     "trust_remote_code required but not allowed": (
         _local_model({"config.json": REMOTE, "model.safetensors": b""}),
         ["models.m.trust_remote_code"],

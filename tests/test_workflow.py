@@ -255,6 +255,58 @@ def test_editing_a_module_reruns_the_rules_importing_it(ran: Path, module: str, 
     assert _plan(ran) == {}
 
 
+def test_known_metric_names_are_what_the_methods_write(ran: Path) -> None:
+    """The names the parse checks map settings against (kmap.maps.known_metrics) are exactly those of a real run."""
+    import pandas as pd
+
+    from kmap.data.prompts import load_prompt_set
+    from kmap.maps.known_metrics import method_metrics, umap_metrics
+
+    checked = 0
+    for domain in FAST["domains"]:
+        prompts = load_prompt_set(domain, ran / "prompts")
+        written = set(pd.read_parquet(ran / f"results/umap/demo/{domain}.metrics.parquet")["metric"])
+        assert written == umap_metrics(domain, prompts.group_labels, prompts.frame), domain
+        for method in ("saliency", "patching"):
+            written = set(pd.read_parquet(ran / f"results/{method}/demo/{domain}.metrics.parquet")["metric"])
+            assert written == method_metrics(method), (method, domain)
+        written = {
+            *pd.read_parquet(ran / f"results/ablation/demo/{domain}.metrics.parquet")["metric"],
+            "judge_score",  # the judge ran without a key here: its table is empty
+        }
+        assert written == method_metrics("ablation"), domain
+        checked += 1
+    assert checked == 2
+
+
+def test_any_deleted_output_is_planned_again(ran: Path) -> None:
+    """The default target is every file a run writes: deleting a GPU job's raw table, a figure or a map table
+    (as Ctrl-C of a rerun does) plans exactly the jobs that write them and what reads them."""
+    import shutil
+
+    deleted = {
+        "results/saliency/demo/age.raw.parquet": "saliency",
+        "results/ablation/demo/disease.responses.parquet": "ablation_generate",
+        "results/patching/demo/age.heatmap.parquet": "patching",
+        "results/umap/demo/disease.coords.parquet": "umap",
+        "results/saliency/demo/disease.curves.pdf": "saliency_summary",
+        "results/maps/demo/map_cells.parquet": "knowledge_map",
+    }
+    aside = ran.parent / "aside"
+    aside.mkdir(exist_ok=True)
+    for i, name in enumerate(deleted):
+        shutil.move(ran / name, aside / str(i))
+    try:
+        plan = _plan(ran)
+    finally:
+        for i, name in enumerate(deleted):
+            shutil.move(aside / str(i), ran / name)  # move keeps the mtime: the run stays complete
+    for rule in deleted.values():
+        assert plan.get(rule, 0) >= 1, (rule, plan)
+    assert plan["patching"] == 1 and plan["saliency"] == 1 and plan["ablation_generate"] == 1
+    assert _plan(ran) == {}
+
+
 def test_unrelated_module_and_resaved_script_rerun_nothing(ran: Path) -> None:
     (ran / "workflow_scripts" / "kmap" / "scratch.py").write_text("x = 1\n")
     script = ran / "workflow_scripts" / "patching.py"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -172,10 +173,59 @@ def check_config(config: dict[str, Any], schema_path: str | Path, source: str = 
         filled = _with_defaults(config, schema)
         for name, entry in filled["models"].items():
             problems.extend(_model_problems(name, entry, filled["methods"]))
+        problems.extend(setting_problems(filled))
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"invalid configuration in {source}:\n{lines}\n(see config/README.md for every key)")
     return filled
+
+
+def model_depth(config: dict[str, Any], name: str) -> int | None:
+    """Decoder layers of a configured model, known without weights (demo and tiny from their shape settings)."""
+    entry = config["models"][name]
+    if entry["kind"] == "demo":
+        return int(config["demo"]["n_layers"])
+    if entry["kind"] == "tiny":
+        return int(config["tiny"]["n_layers"])
+    return entry.get("n_layers")
+
+
+JUDGE_FIELDS = ("prompt", "intact", "ablated")
+
+
+def setting_problems(config: dict[str, Any]) -> list[str]:
+    """Settings a job would reject only after it started (and after Snakemake deleted the previous outputs):
+    ablation layers against each model's depth, and the judge prompt's placeholders."""
+    problems = []
+    layers = config["ablation"]["layers"]
+    if layers is not None and not layers:
+        problems.append("ablation.layers: [] ablates nothing; list decoder layers, or null for every layer")
+    elif layers:
+        for name in config["models"]:
+            depth = model_depth(config, name)
+            runs = "ablation" in config["models"][name].get("methods", config["methods"])
+            outside = [layer for layer in layers if depth is not None and layer >= depth]
+            if runs and outside:
+                problems.append(
+                    f"ablation.layers: {outside} outside model {name!r}, which has {depth} decoder layers "
+                    f"(0-{depth - 1}); remove them, or use null for every layer of every model"
+                )
+    # Only the user prompt is a template (str.format); the system prompt is sent as written.
+    template = config["judge"]["user_prompt"]
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as error:
+        return [*problems, f"judge.user_prompt: {error}; write literal braces as {{{{ and }}}}"]
+    unknown = sorted(fields - set(JUDGE_FIELDS))
+    if unknown:
+        problems.append(
+            f"judge.user_prompt: unknown placeholder(s) {unknown}; use only "
+            f"{', '.join('{' + f + '}' for f in JUDGE_FIELDS)} (literal braces: {{{{ and }}}})"
+        )
+    missing = [f for f in JUDGE_FIELDS if f not in fields]
+    if missing:
+        problems.append(f"judge.user_prompt: lacks {missing}: the judge would not see what it scores")
+    return problems
 
 
 def model_methods(config: dict[str, Any]) -> dict[str, list[str]]:

@@ -103,7 +103,9 @@ def _check_common(path: Path, frame: pd.DataFrame, required: list[str]) -> None:
         raise PromptSetError(f"{path}: rows {rows}, column 'id': duplicate id {first!r}; ids must be unique")
     for column in required:
         empty = frame[column].str.strip() == ""
-        if empty.any() and column in ("id", "text", "clean", "corrupted", "clean_answer", "corrupted_answer"):
+        # `target` is what saliency scores (-log p(target | prompt)): an empty one has no gradient to take.
+        needed = ("id", "text", "target", "clean", "corrupted", "clean_answer", "corrupted_answer")
+        if empty.any() and column in needed:
             raise PromptSetError(f"{_where(path, int(frame.index[empty][0]), column)}: empty; fill it in")
 
 
@@ -199,10 +201,22 @@ def load_pairs(domain: str, prompts_dir: str | Path, schema: dict[str, Any] | No
     return PairSet(domain=domain, path=path, frame=frame, sha256=file_sha256(path))
 
 
-def validate_all(prompts_dir: str | Path, domains: list[str]) -> None:
-    """Load every configured domain's prompt set and pairs; raise on the first problem."""
+def validate_all(prompts_dir: str | Path, domains: list[str]) -> dict[str, PromptSet]:
+    """Load every configured domain's prompt set and pairs; raise on the first problem. Returns the prompt sets."""
     prompts_dir = Path(prompts_dir)
+    if not prompts_dir.is_dir():
+        raise PromptSetError(
+            f"prompts: folder {str(prompts_dir)!r} does not exist (relative to {Path.cwd()}); set `prompts:` in "
+            "the config to the folder holding knowledge.yaml, schema.yaml and one CSV per domain"
+        )
+    if not (prompts_dir / "schema.yaml").is_file():
+        raise PromptSetError(
+            f"{prompts_dir / 'schema.yaml'}: missing; a prompts folder needs the schema of its CSV files (copy "
+            "prompts/schema.yaml from kmap)"
+        )
     schema = load_schema(prompts_dir / "schema.yaml")
+    sets = {}
     for domain in domains:
-        load_prompt_set(domain, prompts_dir, schema)
+        sets[domain] = load_prompt_set(domain, prompts_dir, schema)
         load_pairs(domain, prompts_dir, schema)
+    return sets
