@@ -44,7 +44,17 @@ def _held_run(work: Path, target: str, match: str) -> subprocess.Popen:
     env = local_env(KMAP_FAULT_PAUSE_S="600", KMAP_FAULT_PAUSE_MATCH=match)
     command = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "config/test.yaml"]
     log = open(work / "held.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=log, start_new_session=True)
+    # SIGINT as in a terminal: a process that starts with SIGINT ignored (inherited, e.g. from a test runner whose
+    # libraries set SIG_IGN) never gets KeyboardInterrupt, and Ctrl-C would then do nothing.
+    return subprocess.Popen(
+        command,
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads started yet
+    )
 
 
 def _wait_for_partial(work: Path, output: str, timeout: float = 300) -> Path:
@@ -58,13 +68,17 @@ def _wait_for_partial(work: Path, output: str, timeout: float = 300) -> Path:
     raise AssertionError(f"no temporary of {output} appeared:\n{(work / 'held.log').read_text()[-3000:]}")
 
 
-def _kill(proc: subprocess.Popen, sig: signal.Signals) -> None:
+def _kill(proc: subprocess.Popen, sig: signal.Signals) -> signal.Signals:
+    """Send ``sig`` to the run's process group; what actually ended it (SIGKILL when it outlived two minutes, as a
+    user would kill a run that ignores Ctrl-C)."""
     os.killpg(proc.pid, sig)
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        return signal.SIGKILL
+    return sig
 
 
 def _visible(directory: Path) -> list[str]:
@@ -102,7 +116,7 @@ def test_gpu_stage_killed_mid_write_reruns_exactly_that_job(work: Path, sig: sig
     # The tensor is renamed first; hold the job before its prompt table is, then kill it.
     proc = _held_run(work, f"{ACTIVATIONS}.safetensors", "disease.prompts.parquet")
     _wait_for_partial(work, f"{ACTIVATIONS}.prompts.parquet")
-    _kill(proc, sig)
+    sig = _kill(proc, sig)
     folder = work / ACTIVATIONS.rsplit("/", 1)[0]
     # No reader sees a half-written file: the table's final name was never created.
     assert "disease.prompts.parquet" not in _visible(folder)
@@ -125,7 +139,7 @@ def test_cpu_stage_killed_mid_write_reruns_exactly_that_job(work: Path, sig: sig
     # metrics and replicates are renamed before coords: hold the coords, then kill.
     proc = _held_run(work, f"{UMAP}.panels.png", "disease.coords.parquet")
     _wait_for_partial(work, f"{UMAP}.coords.parquet")
-    _kill(proc, sig)
+    sig = _kill(proc, sig)
     assert "disease.coords.parquet" not in _visible(work / UMAP.rsplit("/", 1)[0])
     extra = _after_kill(work, sig)
     plan = _plan(work, *extra)
