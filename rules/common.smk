@@ -1,6 +1,5 @@
 # Config validation, model specs, wildcard constraints and target helpers. Runs at parse time, so every
 # problem with the config or the prompt sets stops the workflow before any job (and any GPU) starts.
-import os
 import re
 import sys
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from kmap.core.gpu_plan import (
     plan,
 )
 from kmap.core.provenance import code_version
+from kmap.core.staging import FILES_DIR, hub_token
 from kmap.data.prompts import validate_all
 from kmap.maps.known_metrics import map_metric_problems
 from kmap.maps.table1 import DEFAULT_CONCEPTS
@@ -121,7 +121,7 @@ def make_plans():
     counts = snapshots / "param_counts.json"
     plans = {}
     for name, spec in SPECS.items():
-        staged = Path(STAGING) / name / "files"
+        staged = Path(STAGING) / name / FILES_DIR
         arch = config_snapshot(spec, snapshots, staged) if spec.kind == "hf" else None
         for stage in STAGES:
             plans[name, stage] = (
@@ -197,7 +197,7 @@ def check_launch():
             "default-resources sets gpu: every CPU rule would then hold a GPU; remove it from the profile "
             "(GPU rules take their GPUs from each model's plan)"
         )
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    token = hub_token()
     gated = [
         name
         for name in HUB_MODELS
