@@ -1,108 +1,114 @@
-"""Ablation generation throughput (tokens/s): plain HF greedy generate vs kmap's, intact and ablated.
+"""Ablation: every ablated-layer variant decoded in one batch (the workflow's run) vs one generation per layer.
 
-    python benchmarks/bench_ablation.py --model results/models/demo --domain disease --prompts-n 32
+    python benchmarks/bench_ablation.py --model results/models/demo --domain age --prompts-n 32
+    python benchmarks/bench_ablation.py --random 32x512 --domain age --prompts-n 16   # a deeper random Llama
 
-"plain" is ``model.generate`` on the same left-padded batches without kmap; "kmap intact" and "kmap ablated"
-are ``kmap.methods.ablation.generate.generate`` without and with the middle layer identity-replaced; "full run" is
-``run_ablation`` over every layer (intact + L ablated generations, plus the teacher-forced scoring passes),
-reported as generated tokens per second of wall time. Medians of interleaved repeats.
+"per-layer" is the previous loop (``kmap.methods.ablation.reference``: ``model.generate`` per ablated layer over
+``--loop-batch`` prompts, then a teacher-forced pass per layer); "batched" is ``run_ablation`` with ``--rows``
+rows (prompt x ablated layer) per batch. Both run the whole method: intact and every ablated layer, decoding and
+scoring. Reported: wall seconds of the whole run, decoding tokens/s (generated tokens over the seconds spent
+decoding), the ratios, and whether the two gave the same greedy tokens and scores. Medians of interleaved repeats.
+``--json`` writes the numbers to a file (benchmarks/gpu_check.sh collects them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from common import load, random_model
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
-
-from kmap.core.hooks import identity  # noqa: E402
-from kmap.core.models import LoadedModel, load_model  # noqa: E402
-from kmap.core.spec import ModelSpec  # noqa: E402
-from kmap.data.prompts import load_prompt_set  # noqa: E402
-from kmap.methods.ablation.generate import generate, left_padding, run_ablation, stop_ids, trim_at_stop
+from kmap.data.prompts import load_prompt_set
+from kmap.methods.ablation.generate import AblationRun, run_ablation
+from kmap.methods.ablation.reference import run_ablation_per_layer
 from kmap.methods.ablation.settings import AblationSettings
 
 
-def batches(ids: list[list[int]], size: int) -> list[list[list[int]]]:
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+def compare(a: AblationRun, b: AblationRun) -> tuple[bool, float]:
+    left = a.responses.set_index(["prompt_id", "layer"]).sort_index()
+    right = b.responses.set_index(["prompt_id", "layer"]).sort_index()
+    same = left["tokens"].map(list).tolist() == right["tokens"].map(list).tolist()
+    diff = max(float(np.nanmax(np.abs(left[m] - right[m]))) for m in ("kl", "logprob_drop"))
+    return same, diff
 
 
-def plain_generate(loaded: LoadedModel, chunk: list[list[int]], max_new: int) -> int:
-    tokenizer = loaded.tokenizer
-    with left_padding(tokenizer):
-        batch = tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **batch,
-            max_new_tokens=max_new,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    stop = stop_ids(loaded)
-    return sum(len(trim_at_stop(row, stop)) for row in out[:, batch["input_ids"].shape[1] :].tolist())
-
-
-def kmap_generate(loaded: LoadedModel, chunk: list[list[int]], max_new: int, which: list[int]) -> int:
-    with identity(loaded.parts.layers, which):
-        return sum(len(r) for r in generate(loaded, chunk, max_new, stop_ids(loaded)))
-
-
-def timed(fn: Callable[[], int]) -> float:
+def timed(fn, *args) -> tuple[AblationRun, float]:
     start = time.perf_counter()
-    tokens = fn()
-    return tokens / (time.perf_counter() - start)
+    run = fn(*args)
+    return run, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="results/models/demo")
+    parser.add_argument("--model", help="a model directory (HF format)")
+    parser.add_argument("--random", metavar="LAYERSxHIDDEN", help="build a random-init Llama of this shape instead")
     parser.add_argument("--prompts", default="prompts")
-    parser.add_argument("--domain", default="disease")
+    parser.add_argument("--domain", default="age")
     parser.add_argument("--prompts-n", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--loop-batch", type=int, default=8, help="prompts per generation in the per-layer loop")
+    parser.add_argument("--rows", type=int, default=64, help="rows per batch in the batched run")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
+    if bool(args.model) == bool(args.random):
+        parser.error("give exactly one of --model and --random")
     torch.set_num_threads(args.threads)
-    loaded = load_model(ModelSpec(name="bench", kind="hf", source=args.model, dtype="float32"))
-    frame = load_prompt_set(args.domain, Path(args.prompts)).frame.head(args.prompts_n)
-    ids = [list(x) for x in loaded.tokenizer(frame["text"].tolist())["input_ids"]]
-    chunks = batches(ids, args.batch_size)
-    middle = [loaded.n_layers // 2]
-    sides: dict[str, Callable[[], int]] = {
-        "plain HF generate": lambda: sum(plain_generate(loaded, c, args.max_new_tokens) for c in chunks),
-        "kmap intact": lambda: sum(kmap_generate(loaded, c, args.max_new_tokens, []) for c in chunks),
-        "kmap ablated (middle layer)": lambda: sum(
-            kmap_generate(loaded, c, args.max_new_tokens, middle) for c in chunks
-        ),
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(args.model) if args.model else random_model(args.random, Path(tmp))
+        loaded = load(source, args.device, args.dtype)
+        frame = load_prompt_set(args.domain, Path(args.prompts)).frame.head(args.prompts_n)
+        ids, texts = frame["id"].tolist(), frame["text"].tolist()
+        loop = AblationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.loop_batch)
+        batched = AblationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.rows)
+        sides = {
+            "per-layer": lambda: timed(run_ablation_per_layer, loaded, ids, texts, loop),
+            "batched": lambda: timed(run_ablation, loaded, ids, texts, batched),
+        }
+        sides["batched"]()  # warm-up
+        walls: dict[str, list[float]] = {name: [] for name in sides}
+        rates: dict[str, list[float]] = {name: [] for name in sides}
+        runs: dict[str, AblationRun] = {}
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both sides alike
+            for name, fn in sides.items():
+                runs[name], wall = fn()
+                walls[name].append(wall)
+                rates[name].append(runs[name].tokens_per_second)
+        same, diff = compare(runs["per-layer"], runs["batched"])
+        n_params = sum(p.numel() for p in loaded.model.parameters())
+    result = {
+        "model": args.model or f"random llama {args.random}",
+        "layers": loaded.n_layers,
+        "hidden": loaded.hidden_size,
+        "params_millions": round(n_params / 1e6, 1),
+        "device": args.device,
+        "dtype": args.dtype,
+        "domain": args.domain,
+        "prompts": len(ids),
+        "max_new_tokens": args.max_new_tokens,
+        "loop_batch_prompts": args.loop_batch,
+        "rows_per_batch": args.rows,
+        "generated_tokens": runs["batched"].generated_tokens,
+        "same_tokens": same,
+        "max_score_diff": diff,
     }
-    sides["kmap intact"]()  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every side alike
-        for name, fn in sides.items():
-            rates[name].append(timed(fn))
-    settings = AblationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    start = time.perf_counter()
-    run = run_ablation(loaded, frame["id"].tolist(), frame["text"].tolist(), settings)
-    wall = time.perf_counter() - start
-    print(
-        f"model={args.model} layers={loaded.n_layers} domain={args.domain} prompts={len(ids)} "
-        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} threads={args.threads}"
-    )
-    for name, values in rates.items():
-        print(f"{name:28s}: median {statistics.median(values):8.1f} tokens/s over {args.repeats}")
-    print(
-        f"{'full run (all layers)':28s}: {run.generated_tokens / wall:8.1f} tokens/s of wall time "
-        f"({run.generated_tokens} tokens, {wall:.1f} s; generation alone {run.tokens_per_second:.1f})"
-    )
+    for name in sides:
+        result[f"{name}_wall_s"] = round(statistics.median(walls[name]), 3)
+        result[f"{name}_decode_tokens_per_s"] = round(statistics.median(rates[name]), 1)
+    result["wall_speedup"] = round(result["per-layer_wall_s"] / result["batched_wall_s"], 2)
+    result["decode_speedup"] = round(result["batched_decode_tokens_per_s"] / result["per-layer_decode_tokens_per_s"], 2)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Layer ablation: identities (no ablation = no change), KV cache = recomputation, batched = unbatched, the
-judge-free metrics against independent computations, and the demo model's early-layer sensitivity."""
+"""Layer ablation: identities (no ablation = no change), KV cache = recomputation, batched = unbatched, every
+ablated-layer variant decoded in one batch = one generation per layer (tokens and scores), the judge-free metrics
+against independent computations, and the demo model's early-layer sensitivity."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kmap.core.hooks import identity
+from kmap.core.hooks import RowLayers, identity, identity_rows
 from kmap.core.models import LoadedModel
 from kmap.core.provenance import read_provenance
 from kmap.core.spec import ModelSpec
@@ -21,10 +22,9 @@ from kmap.core.stats import bootstrap_indices
 from kmap.core.tables import read_table
 from kmap.methods.ablation.generate import (
     Clock,
-    ablate,
+    decode_rows,
     divergence,
-    generate,
-    intact_batch,
+    greedy_decode,
     left_padding,
     run_ablation,
     stop_ids,
@@ -33,6 +33,7 @@ from kmap.methods.ablation.generate import (
     tokenize_prompts,
     trim_at_stop,
 )
+from kmap.methods.ablation.reference import ablate, generate, intact_batch, run_ablation_per_layer
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
 from kmap.methods.ablation.summary import summarise
 from tests.workflow import ablation_summary_job, run_entry
@@ -80,6 +81,74 @@ def test_batched_left_padded_generation_equals_unbatched(tiny: LoadedModel, whic
         single = [generate(tiny, [p], MAX_NEW, stop)[0] for p in prompts]
     assert batched == single
     assert tiny.tokenizer.padding_side == "right"  # restored after generation
+
+
+@pytest.mark.parametrize("which", [[], [0], [2]])
+def test_own_decoder_equals_hf_generate_and_recomputation(tiny: LoadedModel, which: list[int]) -> None:
+    stop = stop_ids(tiny)
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    with identity(tiny.parts.layers, which):
+        ours = greedy_decode(tiny, prompts, MAX_NEW, stop)
+        assert ours == generate(tiny, prompts, MAX_NEW, stop)
+        assert ours == [_greedy_without_cache(tiny, p, MAX_NEW, stop) for p in prompts]
+
+
+def test_identity_rows_equals_identity_per_row(tiny: LoadedModel) -> None:
+    """A batch whose rows ablate different layers gives each row exactly what its own ablation gives."""
+    prompt = tokenize_prompts(tiny.tokenizer, TEXTS[:1])[0]
+    ids = torch.tensor([prompt] * (tiny.n_layers + 1))
+    layers = [-1, *range(tiny.n_layers)]
+    with torch.inference_mode(), identity_rows(tiny.parts.layers, RowLayers(torch.tensor(layers))):
+        mixed = tiny.model(input_ids=ids, use_cache=False).logits
+    for row, layer in enumerate(layers):
+        with torch.inference_mode(), identity(tiny.parts.layers, [layer] if layer >= 0 else []):
+            alone = tiny.model(input_ids=ids[:1], use_cache=False).logits[0]
+        torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(mixed[1], mixed[0])  # the rows really differ
+
+
+def test_decode_rows_each_row_its_own_layer(tiny: LoadedModel) -> None:
+    stop = stop_ids(tiny)
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    rows = [(p, layer) for p in range(len(prompts)) for layer in (-1, *range(tiny.n_layers))]
+    out = decode_rows(tiny, [prompts[p] for p, _ in rows], [layer for _, layer in rows], MAX_NEW, stop)
+    for (p, layer), tokens in zip(rows, out, strict=True):
+        with identity(tiny.parts.layers, [layer] if layer >= 0 else []):
+            assert tokens == generate(tiny, [prompts[p]], MAX_NEW, stop)[0], (p, layer)
+
+
+def test_rows_leave_the_batch_at_their_stop_token(tiny: LoadedModel) -> None:
+    """A stop token that only some rows emit: those rows end there (stop token kept), the rest decode on, and
+    every row equals its own unbatched generation with the same stop set."""
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    free = greedy_decode(tiny, prompts, MAX_NEW, frozenset())
+    stop = frozenset({free[0][1]})  # row 0's second token
+    cut = greedy_decode(tiny, prompts, MAX_NEW, stop)
+    assert cut[0] == free[0][:2]
+    assert any(len(row) == MAX_NEW for row in cut)  # some row never met the stop token
+    for prompt, row, full in zip(prompts, cut, free, strict=True):
+        assert row == trim_at_stop(full, stop)
+        assert row == generate(tiny, [prompt], MAX_NEW, stop)[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 100])
+def test_batched_ablation_equals_per_layer_generation(tiny: LoadedModel, batch_size: int) -> None:
+    """The workflow's run (all ablated-layer variants of several prompts in one batch) and the per-layer loop
+    (one generation per layer) give the same greedy tokens and the same scores."""
+    ids = [f"p{i}" for i in range(len(TEXTS))]
+    new = run_ablation(tiny, ids, TEXTS, AblationSettings(max_new_tokens=MAX_NEW, batch_size=batch_size))
+    old = run_ablation_per_layer(tiny, ids, TEXTS, AblationSettings(max_new_tokens=MAX_NEW, batch_size=2))
+    a = new.responses.set_index(["prompt_id", "layer"]).sort_index()
+    b = old.responses.set_index(["prompt_id", "layer"]).sort_index()
+    assert a.index.equals(b.index) and len(a) == len(TEXTS) * (tiny.n_layers + 1)
+    assert a["tokens"].map(list).tolist() == b["tokens"].map(list).tolist()
+    assert (a["response"] == b["response"]).all() and (a["stopped"] == b["stopped"]).all()
+    for name in ("token_overlap", "identical"):
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy())
+    for name in ("kl", "logprob_drop"):
+        np.testing.assert_allclose(a[name].to_numpy(), b[name].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert new.generated_tokens == old.generated_tokens and new.greedy_mismatches == old.greedy_mismatches == 0
+    assert (a.loc[(slice(None), range(tiny.n_layers)), "kl"] > 0).all()
 
 
 def test_no_ablation_gives_zero_kl_and_identical_responses(tiny: LoadedModel) -> None:

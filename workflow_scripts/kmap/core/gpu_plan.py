@@ -214,11 +214,26 @@ def cpu_plan(spec: ModelSpec, stage: str) -> GpuPlan:
     return GpuPlan(spec.name, stage, 0, 0.0, 0, 0.0, 4000, 1, 30)
 
 
+# Ablation's runtime model (rough, from public H100 figures until benchmarks/gpu_check.sh calibrates it): a decode
+# step reads every weight once whatever the batch (memory-bound: a fixed cost plus 1 ms per billion parameters, as
+# the per-layer loop assumed) and computes 2 x parameters FLOP per row at an effective 2e14 FLOP/s; the
+# teacher-forced scoring pass computes every row's prompt and response at the same rate.
+STEP_FIXED_S = 0.02
+STEP_PER_BILLION_S = 0.001
+EFFECTIVE_FLOPS = 2e14
+SCORED_TOKENS = 64  # a prompt's tokens in the scoring pass besides its response (chat formats are longer)
+
+
 def ablation_runtime_min(base_min: int, n_params: int, n_layers: int | None, n_prompts: int, settings: Any) -> int:
-    """Wall-time budget: a model's forward budget plus greedy decoding, (L + 1) generations of
-    max_new_tokens steps per batch at a rough 20 ms + 1 ms per billion parameters per step (profiles can
-    override it with set-resources)."""
+    """Wall-time budget: a model's forward budget plus batched greedy decoding and scoring, with a 1.5x margin.
+
+    Every (prompt, ablated layer or none) is a row; ``settings.batch_size`` rows decode together for
+    ``max_new_tokens`` steps, then are teacher-forced once (profiles can override it with set-resources)."""
     if n_layers is None:
         return base_min
-    steps = (n_layers + 1) * -(-n_prompts // settings.batch_size) * settings.max_new_tokens
-    return base_min + math.ceil(1.5 * steps * (0.02 + n_params / 1e12) / 60)
+    rows = n_prompts * (n_layers + 1)
+    batch = min(settings.batch_size, rows)
+    step = STEP_FIXED_S + STEP_PER_BILLION_S * n_params / 1e9 + batch * 2 * n_params / EFFECTIVE_FLOPS
+    decode = -(-rows // batch) * settings.max_new_tokens * step
+    score = rows * (SCORED_TOKENS + settings.max_new_tokens) * 2 * n_params / EFFECTIVE_FLOPS
+    return base_min + math.ceil(1.5 * (decode + score) / 60)

@@ -9,6 +9,7 @@ remote-code models) is handled by rewriting its first element.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -100,6 +101,56 @@ def identity(layers: nn.ModuleList, which: Iterable[int]) -> Iterator[None]:
         return _replace_out(output, _hidden_in(args, kwargs))
 
     handles = [layers[i].register_forward_hook(hook, with_kwargs=True) for i in which]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class RowLayers:
+    """Which layer each batch row ablates (``-1``: none), for :func:`identity_rows`; ``select`` follows the
+    batch when finished rows leave it, so the hooks always see the current rows."""
+
+    def __init__(self, layers: Tensor) -> None:
+        self.set(layers)
+
+    def set(self, layers: Tensor) -> None:
+        self.layers = layers.long().cpu()
+        self._masks: dict[tuple[int, torch.device], Tensor | None] = {}
+
+    def select(self, keep: Tensor) -> None:
+        self.set(self.layers[keep.cpu()])
+
+    def mask(self, layer: int, device: torch.device) -> Tensor | None:
+        """[rows, 1, 1] boolean mask of the rows ablating ``layer`` on ``device``; None when no row does."""
+        key = (layer, device)
+        if key not in self._masks:
+            hit = self.layers == layer
+            self._masks[key] = hit.to(device).view(-1, 1, 1) if bool(hit.any()) else None
+        return self._masks[key]
+
+
+@contextlib.contextmanager
+def identity_rows(layers: nn.ModuleList, rows: RowLayers) -> Iterator[None]:
+    """Per batch row, replace the layer ``rows`` names for it by the identity (rows naming ``-1`` run intact).
+
+    Each row gets exactly what :func:`identity` gives a batch of its own: the chosen layer's output is its
+    input for that row, every other row keeps the layer's output. So all ablated-layer variants of a prompt
+    can decode in one batch.
+    """
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor | tuple, index: int) -> Tensor | tuple:
+        hidden = _hidden_out(output)
+        mask = rows.mask(index, hidden.device)
+        if mask is None:
+            return output
+        return _replace_out(output, torch.where(mask, _hidden_in(args, kwargs), hidden))
+
+    handles = [
+        layer.register_forward_hook(functools.partial(hook, index=index), with_kwargs=True)
+        for index, layer in enumerate(layers)
+    ]
     try:
         yield
     finally:

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from kmap.core.hooks import identity
+from kmap.core.hooks import RowLayers, identity_rows
 from kmap.core.models import LoadedModel
 from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
@@ -88,33 +88,6 @@ def trim_at_stop(tokens: Sequence[int], stop: frozenset[int]) -> list[int]:
         if token in stop:
             break
     return out
-
-
-def generate(
-    loaded: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: frozenset[int]
-) -> list[list[int]]:
-    """Greedy responses (KV cache on) for a batch of tokenised prompts, each cut after its first stop."""
-    from transformers import GenerationConfig
-
-    tokenizer = loaded.tokenizer
-    with left_padding(tokenizer):
-        batch = tokenizer.pad({"input_ids": [list(p) for p in prompts]}, padding=True, return_tensors="pt")
-    # An explicit config, so a checkpoint's sampling defaults (temperature, top_p) never apply.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=sorted(stop),
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            input_ids=batch["input_ids"].to(loaded.device),
-            attention_mask=batch["attention_mask"].to(loaded.device),
-            generation_config=config,
-        )
-    new = out[:, batch["input_ids"].shape[1] :].tolist()
-    return [trim_at_stop(row, stop) for row in new]
 
 
 def response_positions(
@@ -204,26 +177,9 @@ def _record(prompt_id: str, layer: int, tokens: list[int], stop: frozenset[int],
     }
 
 
-class Clock:
-    """Seconds spent in ``generate`` only, so tokens/s measures generation and not the scoring passes."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.tokens = 0
-
-    def generate(
-        self, loaded: LoadedModel, prompts: list[list[int]], max_new: int, stop: frozenset[int]
-    ) -> list[list[int]]:
-        start = time.perf_counter()
-        out = generate(loaded, prompts, max_new, stop)
-        self.seconds += time.perf_counter() - start
-        self.tokens += sum(len(r) for r in out)
-        return out
-
-
 @dataclass
 class Scored:
-    """Intact responses and their teacher-forced distributions for one batch."""
+    """Intact responses and their teacher-forced distributions."""
 
     responses: list[list[int]]
     logprobs: Tensor  # [B, N, V]
@@ -231,52 +187,123 @@ class Scored:
     valid: Tensor  # [B, N]
 
 
-def intact_batch(loaded: LoadedModel, prompts: list[list[int]], max_new_tokens: int, clock: Clock) -> Scored:
-    responses = clock.generate(loaded, prompts, max_new_tokens, stop_ids(loaded))
-    return Scored(responses, *teacher_forced(loaded, prompts, responses))
+class Clock:
+    """Seconds spent decoding only, so tokens/s measures generation and not the scoring passes."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def add(self, seconds: float, responses: Sequence[Sequence[int]]) -> None:
+        self.seconds += seconds
+        self.tokens += sum(len(r) for r in responses)
 
 
-def ablate(
+def left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and attention mask, so every prompt ends at the last column (where decoding starts)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, prompt in enumerate(prompts):
+        if prompt:
+            ids[b, width - len(prompt) :] = torch.tensor(list(prompt))
+            mask[b, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def greedy_decode(
     loaded: LoadedModel,
-    prompts: list[list[int]],
-    intact: Scored,
-    which: Sequence[int],
+    prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    clock: Clock,
-) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-    """Responses with the ``which`` layers identity-replaced, and per prompt KL and log-prob drop on the
-    intact responses. ``which`` empty ablates nothing (KL exactly 0)."""
-    with identity(loaded.parts.layers, which):
-        responses = clock.generate(loaded, prompts, max_new_tokens, stop_ids(loaded))
-        logprobs, _, _ = teacher_forced(loaded, prompts, intact.responses)
-    kl, drop = divergence(intact.logprobs, logprobs, intact.targets, intact.valid)
-    return responses, kl, drop
+    stop: frozenset[int],
+    rows: RowLayers | None = None,
+) -> list[list[int]]:
+    """Greedy responses for a batch of tokenised prompts, KV cache on, each cut after its first stop token.
 
-
-def ablate_batch(
-    loaded: LoadedModel,
-    prompt_ids: Sequence[str],
-    prompts: list[list[int]],
-    layers: Sequence[int],
-    settings: AblationSettings,
-    clock: Clock,
-) -> tuple[list[dict], int]:
-    """Intact and per-layer ablated responses and metrics for one batch; also the greedy-mismatch count."""
-    stop = stop_ids(loaded)
-    intact = intact_batch(loaded, prompts, settings.max_new_tokens, clock)
-    records = [_record(pid, INTACT, tokens, stop) for pid, tokens in zip(prompt_ids, intact.responses, strict=True)]
-    for layer in layers:
-        ablated, kl, drop = ablate(loaded, prompts, intact, [layer], settings.max_new_tokens, clock)
-        for b, pid in enumerate(prompt_ids):
-            base = intact.responses[b]
-            metrics = dict(
-                kl=float(kl[b]),
-                logprob_drop=float(drop[b]),
-                token_overlap=token_overlap(base, ablated[b], stop),
-                identical=float(base == ablated[b]),
+    ``rows`` names the layer each row ablates (:func:`kmap.core.hooks.identity_rows`), so one batch can hold
+    every ablated-layer variant of several prompts. A row leaves the batch (and its KV cache) as soon as it
+    emits a stop token, so finished rows cost nothing further. The same greedy tokens as ``model.generate``
+    with the same padding: positions count real tokens only, padding is masked.
+    """
+    pad = loaded.tokenizer.pad_token_id
+    ids, mask = left_padded(prompts, pad if pad is not None else 0)
+    device = loaded.device
+    ids, mask = ids.to(device), mask.to(device)
+    # Left padding: a row's first real token is position 0 (padding gets a harmless 1, as in generate).
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    last = positions[:, -1:]
+    out: list[list[int]] = [[] for _ in prompts]
+    active = torch.arange(len(prompts))  # original row of each row still decoding
+    stop_ids_ = torch.tensor(sorted(stop), dtype=torch.long)
+    cache = None
+    step_ids = ids
+    with torch.inference_mode():
+        for step in range(max_new_tokens):
+            result = loaded.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
-            records.append(_record(pid, layer, ablated[b], stop, **metrics))
-    return records, greedy_mismatches(intact.logprobs, intact.targets, intact.valid)
+            cache = result.cache
+            token = result.logits[:, -1].argmax(dim=-1).cpu()
+            for row, value in zip(active.tolist(), token.tolist(), strict=True):
+                out[row].append(value)
+            if step == max_new_tokens - 1:
+                break
+            running = ~torch.isin(token, stop_ids_)
+            if not bool(running.any()):
+                break
+            if not bool(running.all()):
+                keep = running.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)  # CPU indices work for caches on any device
+                active, token = active[keep], token[keep]
+                mask, last = mask[keep.to(device)], last[keep.to(device)]
+                if rows is not None:
+                    rows.select(keep)
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            last = last + 1
+            positions = last
+            step_ids = token.view(-1, 1).to(device)
+    return out
+
+
+def decode_rows(
+    loaded: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    max_new_tokens: int,
+    stop: frozenset[int],
+) -> list[list[int]]:
+    """Greedy responses, row ``b`` decoding ``prompts[b]`` with layer ``layers[b]`` ablated (-1: intact)."""
+    rows = RowLayers(torch.tensor(list(layers)))
+    with identity_rows(loaded.parts.layers, rows):
+        return greedy_decode(loaded, prompts, max_new_tokens, stop, rows)
+
+
+def score_rows(
+    loaded: LoadedModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], layers: Sequence[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher-forced log-softmax distributions at the response positions, row ``b`` with layer ``layers[b]``
+    ablated (-1: intact): ([B, N, V], targets, valid) as :func:`teacher_forced` gives them."""
+    rows = RowLayers(torch.tensor(list(layers)))
+    with identity_rows(loaded.parts.layers, rows):
+        return teacher_forced(loaded, prompts, responses)
+
+
+@dataclass
+class Row:
+    """One decoded variant: a prompt (its index) with one layer ablated (``INTACT``: none)."""
+
+    prompt: int
+    layer: int
+
+
+def chunks(items: Sequence[Row], size: int) -> Iterator[list[Row]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
 
 
 def run_ablation(
@@ -287,22 +314,73 @@ def run_ablation(
     progress: Progress | None = None,
     fmt: PromptFormat = RAW,
 ) -> AblationRun:
-    """Every prompt, formatted by ``fmt``, intact and with each chosen layer ablated; responses decoded to text."""
+    """Every prompt, formatted by ``fmt``, intact and with each chosen layer ablated; responses decoded to text.
+
+    Every (prompt, ablated layer) variant is a row; ``settings.batch_size`` rows decode together, prompt by
+    prompt, so a batch holds all variants of a few prompts (similar lengths, little padding). Then the ablated
+    rows are teacher-forced through their prompt's intact response, again ``batch_size`` rows at a time.
+    """
     layers = settings.chosen_layers(loaded.n_layers)
     tokenized = tokenize_prompts(loaded.tokenizer, texts, fmt)
+    stop = stop_ids(loaded)
+    rows = [Row(p, layer) for p in range(len(texts)) for layer in (INTACT, *layers)]
+    total = 2 * len(rows)  # decoded, then scored
     clock = Clock()
-    records: list[dict] = []
-    mismatches = 0
-    for start in range(0, len(texts), settings.batch_size):
-        stop = start + settings.batch_size
-        batch_records, batch_mismatches = ablate_batch(
-            loaded, list(prompt_ids[start:stop]), tokenized[start:stop], layers, settings, clock
+    responses: dict[tuple[int, int], list[int]] = {}
+    for chunk in chunks(rows, settings.batch_size):
+        start = time.perf_counter()
+        out = decode_rows(
+            loaded, [tokenized[r.prompt] for r in chunk], [r.layer for r in chunk], settings.max_new_tokens, stop
         )
-        records.extend(batch_records)
-        mismatches += batch_mismatches
+        clock.add(time.perf_counter() - start, out)
+        responses.update({(r.prompt, r.layer): tokens for r, tokens in zip(chunk, out, strict=True)})
         if progress:
-            progress(min(stop, len(texts)), len(texts))
-    frame = pd.DataFrame.from_records(records)
+            progress(len(responses), total)
+
+    records = {(p, INTACT): _record(prompt_ids[p], INTACT, responses[(p, INTACT)], stop) for p in range(len(texts))}
+    mismatches = 0
+    intact: dict[int, Scored] = {}  # teacher-forced intact distributions of the prompts in flight
+    done = len(rows)
+    for chunk in chunks(rows, settings.batch_size):
+        missing = sorted({r.prompt for r in chunk} - intact.keys())
+        if missing:
+            scored = score_rows(
+                loaded,
+                [tokenized[p] for p in missing],
+                [responses[(p, INTACT)] for p in missing],
+                [INTACT] * len(missing),
+            )
+            for i, p in enumerate(missing):
+                intact[p] = Scored(responses[(p, INTACT)], *(part[i : i + 1] for part in scored))
+                mismatches += greedy_mismatches(intact[p].logprobs, intact[p].targets, intact[p].valid)
+        ablated = [r for r in chunk if r.layer != INTACT]
+        if ablated:
+            logprobs, _, _ = score_rows(
+                loaded,
+                [tokenized[r.prompt] for r in ablated],
+                [responses[(r.prompt, INTACT)] for r in ablated],
+                [r.layer for r in ablated],
+            )
+            for i, r in enumerate(ablated):
+                base = intact[r.prompt]
+                n = base.logprobs.shape[1]  # the prompt's own response length (the batch may be wider)
+                kl, drop = divergence(base.logprobs, logprobs[i : i + 1, :n], base.targets, base.valid)
+                tokens = responses[(r.prompt, r.layer)]
+                metrics = dict(
+                    kl=float(kl[0]),
+                    logprob_drop=float(drop[0]),
+                    token_overlap=token_overlap(base.responses, tokens, stop),
+                    identical=float(base.responses == tokens),
+                )
+                records[(r.prompt, r.layer)] = _record(prompt_ids[r.prompt], r.layer, tokens, stop, **metrics)
+        # Prompts whose last row was scored are done; keep only the last prompt of the chunk (it may continue).
+        last = chunk[-1].prompt
+        intact = {p: v for p, v in intact.items() if p == last}
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+
+    frame = pd.DataFrame.from_records([records[(r.prompt, r.layer)] for r in rows])
     prompt_text = dict(zip(prompt_ids, texts, strict=True))
     frame.insert(1, "prompt", frame["prompt_id"].map(prompt_text))
     frame.insert(3, "response", [loaded.tokenizer.decode(t, skip_special_tokens=True) for t in frame["tokens"]])
