@@ -1,6 +1,7 @@
 """Activation-patching sweep time: kmap's exact sweep vs a naive per-layer loop vs nnsight's batched trace.
 
     python benchmarks/bench_patching.py --model results/models/demo --domain disease --repeats 3
+    python benchmarks/bench_patching.py --random 32x512 --domain age --multi-token first_token   # deeper random
 
 All sides compute the same numbers: LD of every patched copy (each usable pair × {last, concept} positions)
 at every layer, from one shared clean/corrupted run per pair batch (not timed; every side needs it).
@@ -18,22 +19,20 @@ Every side's LDs are checked against kmap's (max |difference| printed). Medians 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import load, random_model
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
-
-from kmap.core.models import LoadedModel, load_model  # noqa: E402
-from kmap.core.spec import ModelSpec  # noqa: E402
-from kmap.data.prompts import load_pairs  # noqa: E402
-from kmap.methods.patching.pairs import prepare_pairs  # noqa: E402
-from kmap.methods.patching.run import patch_jobs  # noqa: E402
-from kmap.methods.patching.sweep import PairRuns, answer_ld, run_pairs, sweep  # noqa: E402
+from kmap.data.prompts import load_pairs
+from kmap.methods.patching.pairs import prepare_pairs
+from kmap.methods.patching.run import patch_jobs
+from kmap.methods.patching.sweep import PairRuns, answer_ld, run_pairs, sweep
 
 
 def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -59,7 +58,11 @@ def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="results/models/demo")
+    parser.add_argument("--model", help="a model directory (HF format)")
+    parser.add_argument("--random", metavar="LAYERSxHIDDEN", help="build a random-init Llama of this shape instead")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", help="also write the numbers to this file")
     parser.add_argument("--prompts", default="prompts")
     parser.add_argument("--domain", default="disease")
     parser.add_argument("--pairs-n", type=int, default=32, help="pairs (one clean/corrupted batch)")
@@ -70,8 +73,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if bool(args.model) == bool(args.random):
+        parser.error("give exactly one of --model and --random")
     torch.set_num_threads(args.threads)
-    loaded: LoadedModel = load_model(ModelSpec(name="bench", kind="hf", source=args.model, dtype="float32"))
+    tmp = tempfile.TemporaryDirectory()
+    source = Path(args.model) if args.model else random_model(args.random, Path(tmp.name))
+    loaded = load(source, args.device, args.dtype)
     frame = load_pairs(args.domain, Path(args.prompts)).frame
     prepared, excluded = prepare_pairs(loaded.tokenizer, frame, args.multi_token)
     prepared = prepared[: args.pairs_n]
@@ -98,18 +105,30 @@ def main() -> None:
             values = fn()
             times[name].append(time.perf_counter() - start)
             errors[name] = float((values - reference).abs().max())
-    print(
-        f"model={args.model} layers={loaded.n_layers} domain={args.domain} pairs={len(prepared)} "
-        f"(excluded {len(excluded)}) copies={len(rows)} layer_points={len(rows) * (loaded.n_layers + 1)} "
-        f"batch={args.batch_size} threads={args.threads}"
-    )
     kmap = statistics.median(times["kmap sweep"])
+    result = {
+        "model": args.model or f"random llama {args.random}",
+        "layers": loaded.n_layers,
+        "device": args.device,
+        "dtype": args.dtype,
+        "domain": args.domain,
+        "pairs": len(prepared),
+        "excluded": len(excluded),
+        "copies": len(rows),
+        "batch": args.batch_size,
+        "threads": args.threads,
+    }
     for name, values in times.items():
-        median = statistics.median(values)
-        print(
-            f"{name:14s}: median {median:7.3f} s over {args.repeats}; kmap/this = {kmap / median:5.2f}x; "
-            f"max |LD - kmap| = {errors[name]:.2e}"
-        )
+        key = name.split()[0]
+        result[f"{key}_s"] = round(statistics.median(values), 4)
+        result[f"{key}_max_abs_ld_diff"] = errors[name]
+    result["kmap_over_naive"] = round(kmap / result["naive_s"], 3)
+    if "nnsight_s" in result:
+        result["kmap_over_nnsight"] = round(kmap / result["nnsight_s"], 3)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ sys.path.insert(0, str(SCRIPTS))
 from kmap.core.config import (
     ConfigError,
     check_config,
+    demo_parameters,
     model_methods,
     model_specs,
     prompt_format,

@@ -22,7 +22,7 @@ rule demo_model:
     resources:
         **cpu_resources(mem_mb=4000, runtime=30),
     params:
-        demo=config["demo"],
+        demo=lambda wc: demo_parameters(config, wc.demo_model),
         code=code("demo_model"),
     script:
         "../workflow_scripts/demo_model.py"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kmap.core.config import ConfigError, check_config, model_specs, prompt_format
+from kmap.core.config import ConfigError, check_config, demo_parameters, model_depth, model_specs, prompt_format
 from kmap.core.prompt_format import DEFAULT_INSTRUCTION, PromptFormat
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,12 @@ BROKEN = [
     # A typo in a training parameter fails at parse, before Snakemake would delete the trained model.
     (lambda c: c.update(demo={"stepz": 10}), ["demo", "stepz", "known keys"]),
     (lambda c: c["models"]["demo"].update(source="/x"), ["models.demo.source", "remove 'source'"]),
+    # A demo model's own training parameters and architecture.
+    (lambda c: c["models"]["demo"].update(demo={"n_layerz": 3}), ["models.demo.demo", "n_layerz", "known keys"]),
+    (lambda c: c["models"]["demo"].update(demo={"n_layers": 0}), ["models.demo.demo.n_layers", "minimum"]),
+    (lambda c: c["models"]["demo"].update(demo={"n_heads": 5}), ["models.demo.demo", "multiple of n_heads"]),
+    (lambda c: c["models"]["demo"].update(architecture="gpt_oss"), ["models.demo.architecture", "qwen3"]),
+    (lambda c: c["models"]["tiny-llama"].update(demo={"n_layers": 3}), ["models.tiny-llama.demo", "remove it"]),
 ]
 
 
@@ -119,6 +125,18 @@ def test_local_pickle_only_and_remote_code_refused(tmp_path: Path) -> None:
     assert model_specs(config)["m"].trust_remote_code is True
 
 
+def test_each_demo_model_trains_with_its_own_parameters_over_the_demo_section() -> None:
+    config = check_config(_default(), SCHEMA)
+    shared = demo_parameters(config, "demo")
+    own = demo_parameters(config, "demo-qwen3")
+    assert shared == {**config["demo"], "architecture": "llama"}
+    assert own["architecture"] == "qwen3" and own["n_layers"] == 12 != shared["n_layers"]
+    assert {
+        k: v for k, v in own.items() if k not in ("n_layers", "hidden_size", "intermediate_size", "architecture")
+    } == {k: v for k, v in shared.items() if k not in ("n_layers", "hidden_size", "intermediate_size", "architecture")}
+    assert model_depth(config, "demo-qwen3") == 12 and model_depth(config, "demo") == 8
+
+
 def test_model_specs_place_built_models_under_results() -> None:
     config = check_config(copy.deepcopy(_default()), SCHEMA)
     specs = model_specs(config)
@@ -167,6 +185,8 @@ def test_settings_dataclasses_take_their_defaults_from_the_schema(section: str) 
     module, name = SETTINGS[section].rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     filled = check_config({"models": {"d": {"kind": "demo"}}, "domains": ["age"]}, SCHEMA)[section]
+    if section == "demo":  # a demo model's architecture comes from its model entry (default llama)
+        filled = {**filled, "architecture": "llama"}
     assert {f.name for f in dataclasses.fields(cls)} == set(filled), section
     assert dataclasses.asdict(cls()) == {k: (tuple(v) if k == "layers" and v else v) for k, v in filled.items()}
 

@@ -17,7 +17,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from kmap.activations.cache import ActivationSettings
 from kmap.activations.extract import extract
 from kmap.core.models import LoadedModel, load_model
-from kmap.core.spec import ModelSpec
+from kmap.core.spec import DEMO_ARCHITECTURES, ModelSpec
 from kmap.data.knowledge import load_knowledge, vocabulary
 from kmap.data.prompts import load_prompt_set
 from kmap.offline.demo_corpus import DEMO_WORDS, diagnosis_eval_cases, diagnosis_eval_set, generate_corpus
@@ -177,6 +177,8 @@ def test_eval_set_larger_than_the_knowledge_allows_is_an_error() -> None:
 
 
 def test_demo_parameters_are_validated() -> None:
+    with pytest.raises(ValueError, match="architecture 'gpt_oss'"):
+        DemoParams(architecture="gpt_oss")
     with pytest.raises(ValueError, match="unknown parameter"):
         DemoParams.from_dict({"layers": 3})
     with pytest.raises(ValueError, match="pack_width"):
@@ -186,8 +188,10 @@ def test_demo_parameters_are_validated() -> None:
     assert DemoParams.from_dict({"steps": 5}).steps == 5
 
 
-def test_packed_rows_give_the_padded_batch_loss(tokenizer) -> None:
-    """Packing sentences into shared rows changes speed, never what the model computes."""
+@pytest.mark.parametrize("architecture", DEMO_ARCHITECTURES)
+def test_packed_rows_give_the_padded_batch_loss(tokenizer, architecture: str) -> None:
+    """Packing sentences into shared rows changes speed, never what the model computes, in every demo family
+    (Gemma-3's sliding-window layers included)."""
     ids, lengths = encode_corpus(tokenizer, generate_corpus(KB, 50, seed=0), max_len=40)
     rows = torch.arange(50)
     packed = pack_batch(ids, lengths, rows, width=80)
@@ -195,7 +199,9 @@ def test_packed_rows_give_the_padded_batch_loss(tokenizer) -> None:
     assert (packed.labels != -100).sum() == (lengths - 1).sum()
     width = int(lengths.max())
     mask = (torch.arange(width)[None] < lengths[:, None]).long()
-    model = make_model(DemoParams(n_layers=2, hidden_size=32, intermediate_size=64), len(tokenizer), tokenizer)
+    shape = DemoParams(n_layers=2, hidden_size=32, intermediate_size=64, architecture=architecture)
+    model = make_model(shape, len(tokenizer), tokenizer)
+    assert model.config.model_type == {"llama": "llama", "qwen3": "qwen3", "gemma3": "gemma3_text"}[architecture]
     with torch.no_grad():
         padded = model(ids[:, :width], attention_mask=mask, labels=ids[:, :width].masked_fill(mask == 0, -100))
         torch.testing.assert_close(model(**packed._asdict(), use_cache=False).loss, padded.loss)

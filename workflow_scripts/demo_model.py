@@ -26,10 +26,15 @@ def main(job: Job) -> None:
     job.log.info("demo model: held-out diagnosis accuracy %.3f", metrics["diagnosis_accuracy"])
 
 
-def _override(item: str) -> tuple[str, int | float]:
-    """``steps=400`` -> ("steps", 400); every DemoParams field is a number."""
+def _override(item: str) -> tuple[str, int | float | str]:
+    """``steps=400`` -> ("steps", 400); ``architecture=qwen3`` stays a string."""
     key, value = item.split("=", 1)
-    return key, int(value) if value.lstrip("-").isdigit() else float(value)
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 if __name__ == "__main__" and "snakemake" in globals():

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from kmap.core.io import load_yaml
-from kmap.core.spec import ModelSpec
+from kmap.core.spec import DEMO_ARCHITECTURES, ModelSpec
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
 
@@ -124,8 +124,14 @@ def _model_problems(name: str, entry: dict[str, Any], methods: list[str]) -> lis
     unknown_methods = sorted(set(entry.get("methods", [])) - set(methods))
     if unknown_methods:
         problems.append(f"{key}.methods: {unknown_methods} not in the top-level methods {methods}; add them there")
-    if kind != "tiny" and "architecture" in entry:
-        problems.append(f"{key}.architecture: only tiny models take an architecture; remove it")
+    if kind == "hf" and "architecture" in entry:
+        problems.append(f"{key}.architecture: only tiny and demo models take an architecture; remove it")
+    if kind == "demo" and entry.get("architecture", "llama") not in DEMO_ARCHITECTURES:
+        problems.append(
+            f"{key}.architecture: a demo model is one of {list(DEMO_ARCHITECTURES)}, not {entry['architecture']!r}"
+        )
+    if kind != "demo" and "demo" in entry:
+        problems.append(f"{key}.demo: only demo models take training parameters; remove it")
     if kind != "hf":
         return problems
     source = str(entry["source"])
@@ -173,6 +179,7 @@ def check_config(config: dict[str, Any], schema_path: str | Path, source: str = 
         filled = _with_defaults(config, schema)
         for name, entry in filled["models"].items():
             problems.extend(_model_problems(name, entry, filled["methods"]))
+        problems.extend(demo_problems(filled, schema))
         problems.extend(setting_problems(filled))
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
@@ -180,11 +187,41 @@ def check_config(config: dict[str, Any], schema_path: str | Path, source: str = 
     return filled
 
 
+def demo_parameters(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A demo model's training parameters: the top-level `demo` section, the model's own `demo` over it, and
+    its architecture (what ``kmap.offline.demo_train.DemoParams`` takes)."""
+    entry = config["models"][name]
+    return {**config["demo"], **entry.get("demo", {}), "architecture": entry.get("architecture", "llama")}
+
+
+def demo_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Each demo model's merged training parameters checked against the `demo` section's schema."""
+    section = schema["properties"]["demo"]
+    validator = Draft202012Validator(section)
+    problems = []
+    for name, entry in config["models"].items():
+        own = entry.get("demo")
+        if entry["kind"] != "demo" or not own:
+            continue
+        merged = {**config["demo"], **own}
+        for error in validator.iter_errors(merged):
+            error.path.appendleft("demo")  # name the model's own key, e.g. models.demo-qwen3.demo.n_layers
+            error.path.appendleft(name)
+            error.path.appendleft("models")
+            problems.append(_describe(error))
+        if merged["hidden_size"] % merged["n_heads"]:
+            problems.append(
+                f"models.{name}.demo: hidden_size {merged['hidden_size']} must be a multiple of n_heads "
+                f"{merged['n_heads']}"
+            )
+    return problems
+
+
 def model_depth(config: dict[str, Any], name: str) -> int | None:
     """Decoder layers of a configured model, known without weights (demo and tiny from their shape settings)."""
     entry = config["models"][name]
     if entry["kind"] == "demo":
-        return int(config["demo"]["n_layers"])
+        return int(demo_parameters(config, name)["n_layers"])
     if entry["kind"] == "tiny":
         return int(config["tiny"]["n_layers"])
     return entry.get("n_layers")

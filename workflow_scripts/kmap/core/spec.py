@@ -9,6 +9,7 @@ from typing import Any
 from kmap.core.io import file_sha256
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
+DEMO_ARCHITECTURES = ("llama", "qwen3", "gemma3")  # families kmap.offline.demo_train builds
 
 
 @dataclass(frozen=True)

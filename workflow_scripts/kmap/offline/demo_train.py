@@ -1,4 +1,4 @@
-"""Train the demo model: a small Llama with the word-level tokenizer on the synthetic medical corpus.
+"""Train a demo model: a small Llama (or Qwen3, Gemma-3) with the word-level tokenizer on the synthetic medical corpus.
 
 Deterministic for a seed on a given machine (seeded corpus, initialisation and batch order). Writes the model
 in Hugging Face format (safetensors) so it loads through ``kmap.core.models`` like any hub model, plus its
@@ -20,12 +20,13 @@ import torch
 
 from kmap.core.io import atomic_output, write_json_atomic
 from kmap.core.settings import known_keys, schema_field
+from kmap.core.spec import DEMO_ARCHITECTURES
 from kmap.data.knowledge import Knowledge, vocabulary
 from kmap.offline.demo_corpus import DEMO_WORDS, diagnosis_eval_cases, generate_corpus
 from kmap.offline.demo_tokenizer import build_tokenizer
 
 if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 _log = logging.getLogger(__name__)
 
@@ -52,8 +53,12 @@ class DemoParams:
     eval_every: int = schema_field("demo", "eval_every")
     n_eval: int = schema_field("demo", "n_eval")
     torch_threads: int = schema_field("demo", "torch_threads")
+    # The model entry's `architecture` (not a demo-section key): the same corpus and tokenizer, another family.
+    architecture: str = "llama"
 
     def __post_init__(self) -> None:
+        if self.architecture not in DEMO_ARCHITECTURES:
+            raise ValueError(f"demo: architecture {self.architecture!r} is not one of {DEMO_ARCHITECTURES}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"demo: hidden_size {self.hidden_size} must be a multiple of n_heads {self.n_heads}")
         if self.pack_width < self.max_len:
@@ -78,11 +83,15 @@ def demo_tokenizer(kb: Knowledge) -> PreTrainedTokenizerFast:
     return build_tokenizer(vocabulary(kb) + list(DEMO_WORDS))
 
 
-def make_model(params: DemoParams, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
-    """A randomly initialised Llama of the demo shape (seeded by ``params.seed``)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def make_model(params: DemoParams, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A randomly initialised model of the demo shape and ``params.architecture`` (seeded by ``params.seed``).
 
-    config = LlamaConfig(
+    Llama as in the study's Llama family; Qwen3 adds per-head query/key norms; Gemma-3 alternates sliding-window
+    and global attention (window 8 here, five local layers per global one as in Gemma-3), scales the embeddings and
+    uses GeGLU. Every family ties input and output embeddings, so the parameter counts stay comparable."""
+    import transformers as tf
+
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=params.hidden_size,
         intermediate_size=params.intermediate_size,
@@ -96,8 +105,15 @@ def make_model(params: DemoParams, vocab_size: int, tokenizer: PreTrainedTokeniz
         tie_word_embeddings=True,
         dtype="float32",
     )
+    head_dim = params.hidden_size // params.n_heads
+    if params.architecture == "qwen3":
+        config = tf.Qwen3Config(**common, head_dim=head_dim)
+    elif params.architecture == "gemma3":
+        config = tf.Gemma3TextConfig(**common, head_dim=head_dim, sliding_window=8, query_pre_attn_scalar=head_dim)
+    else:
+        config = tf.LlamaConfig(**common)
     torch.manual_seed(params.seed)
-    return LlamaForCausalLM(config)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def encode_corpus(
@@ -182,7 +198,7 @@ def learning_rate(step: int, params: DemoParams) -> float:
 
 def train(
     kb: Knowledge, params: DemoParams, log: logging.Logger = _log
-) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, list[dict[str, float]], dict[str, Any]]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, list[dict[str, float]], dict[str, Any]]:
     """Train in memory; return model, tokenizer, curve rows and final metrics."""
     torch.set_num_threads(params.torch_threads)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -234,6 +250,7 @@ def train(
         "train_sentences": len(sentences),
         "steps": params.steps,
         "n_layers": params.n_layers,
+        "architecture": params.architecture,
         "seed": params.seed,
         "wall_seconds": round(time.perf_counter() - started, 1),
         # CPU time over all threads: with the machine shared, wall time alone says little.
