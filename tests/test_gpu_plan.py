@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -150,3 +151,24 @@ def test_parse_time_modules_import_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ablation_runtime_model_counts_rows_batches_and_compute() -> None:
+    """The budget is the forward budget plus 1.5 x (decode steps x step time + scoring), recomputed here."""
+    from types import SimpleNamespace
+
+    from kmap.core.gpu_plan import EFFECTIVE_FLOPS, STEP_FIXED_S, STEP_PER_BILLION_S, ablation_runtime_min
+
+    n_params, layers, prompts = 70e9, 80, 606
+    settings = SimpleNamespace(batch_size=64, max_new_tokens=64)
+    rows = prompts * (layers + 1)
+    step = STEP_FIXED_S + STEP_PER_BILLION_S * 70 + 64 * 2 * n_params / EFFECTIVE_FLOPS
+    decode = -(-rows // 64) * 64 * step
+    score = rows * (64 + 64) * 2 * n_params / EFFECTIVE_FLOPS
+    assert ablation_runtime_min(100, int(n_params), layers, prompts, settings) == 100 + math.ceil(
+        1.5 * (decode + score) / 60
+    )
+    # Larger batches amortise the weight reads; a CPU-planned model (no layer count) keeps its forward budget.
+    small = ablation_runtime_min(100, int(n_params), layers, prompts, SimpleNamespace(batch_size=8, max_new_tokens=64))
+    assert small > ablation_runtime_min(100, int(n_params), layers, prompts, settings)
+    assert ablation_runtime_min(30, int(n_params), None, prompts, settings) == 30

@@ -419,3 +419,36 @@ def test_max_pairs_spreads_over_the_pool_and_counts_the_rest(tiny: LoadedModel) 
     }
     everything = run_patching(tiny, PAIRS, dataclasses.replace(settings, max_pairs=0)).pairs
     assert set(everything.loc[everything["status"] == USED, "id"]) == set(USABLE)
+
+
+def _plan_cost(first: list[int], parts: list[slice], width: int) -> int:
+    from kmap.methods.patching.sweep import CALL_OVERHEAD_ROWS
+
+    return sum(CALL_OVERHEAD_ROWS * width + (p.stop - p.start) * (width - first[p.start]) for p in parts)
+
+
+def test_patch_batches_keep_last_position_copies_apart_and_are_optimal() -> None:
+    import itertools
+
+    from kmap.methods.patching.sweep import plan_batches
+
+    # 16 copies patched from position 2 (a concept) and 16 patched only at the answer position 15.
+    first = [2] * 16 + [15] * 16
+    parts = plan_batches(first, 16, 32)
+    assert parts == [slice(0, 16), slice(16, 32)]  # one batch would recompute 14 positions for all 32
+    equal = plan_batches([3] * 10, 16, 4)  # nothing to save by splitting: the fewest calls
+    assert len(equal) == 3 and sum(p.stop - p.start for p in equal) == 10
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        first = sorted(rng.integers(0, 12, size=7).tolist())
+        parts = plan_batches(first, 12, 3)
+        assert [i for p in parts for i in range(p.start, p.stop)] == list(range(7))
+        assert all(0 < p.stop - p.start <= 3 for p in parts)
+        # Brute force over every way to cut the sorted order: nothing cheaper exists.
+        cheapest = min(
+            _plan_cost(first, [slice(a, b) for a, b in itertools.pairwise((0, *cuts, 7))], 12)
+            for k in range(7)
+            for cuts in itertools.combinations(range(1, 7), k)
+            if all(b - a <= 3 for a, b in itertools.pairwise((0, *cuts, 7)))
+        )
+        assert _plan_cost(first, parts, 12) == cheapest

@@ -22,6 +22,7 @@ tokens (``kmap.methods.patching.pairs``).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +243,32 @@ def naive_patched_ld(runs: PairRuns, loaded: LoadedModel, layer: int, rows: Tens
     return answer_ld(logits, runs.answer_pos[rows], runs.answer[rows], runs.foil[rows])
 
 
+# A forward's fixed cost (calls, masks, rotary tables, the LM head), in full-width rows of layer compute: what a
+# batch split must save to be worth another call.
+CALL_OVERHEAD_ROWS = 4
+
+
+def plan_batches(first: Sequence[int], width: int, batch_size: int) -> list[slice]:
+    """Cut copies sorted by their first patched position into batches of at most ``batch_size``, minimising the
+    positions recomputed: a batch recomputes every row from its earliest first position, so copies patched at
+    the last position only (one position each) should not share a batch with copies patched early in the
+    prompt. Exact dynamic programming over the sorted order (cost: rows x recomputed width, plus a call)."""
+    n = len(first)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - batch_size), end):
+            cost = best[start] + CALL_OVERHEAD_ROWS * width + (end - start) * (width - first[start])
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    parts: list[slice] = []
+    end = n
+    while end > 0:
+        parts.append(slice(cut[end], end))
+        end = cut[end]
+    return parts[::-1]
+
+
 def sweep(
     runs: PairRuns,
     loaded: LoadedModel,
@@ -257,10 +284,16 @@ def sweep(
     Copies are ordered by their first patched position, so a batch's shared prefix (reused from the corrupted
     cache) is as long as possible.
     """
-    order = torch.argsort(_first_true(masks, runs.answer_pos[rows]), stable=True)
+    first = _first_true(masks, runs.answer_pos[rows])
+    order = torch.argsort(first, stable=True)
     layers = sorted(runs.clean_resid)
     out = torch.empty((len(layers), len(rows)), dtype=torch.float32, device=rows.device)
-    for chunk in torch.split(order, batch_size) if len(order) else ():
+    width = runs.attention_mask.shape[1]
+    if naive or not reuse:
+        chunks = list(torch.split(order, batch_size)) if len(order) else []
+    else:
+        chunks = [order[part] for part in plan_batches(first[order].tolist(), width, batch_size)]
+    for chunk in chunks:
         batch = patch_batch(runs, rows[chunk], masks[chunk], reuse and not naive)
         for index, layer in enumerate(layers):
             if naive:
