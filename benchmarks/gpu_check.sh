@@ -9,8 +9,8 @@
 # With the device tool, carry the demo models trained by a CPU run: results/models/demo,
 # results/models/demo-qwen3 and results/demo (about 15 MB), and OUT=$OUT.
 #
-# Each step has its own time limit, so one slow step cannot take the others' time; a failed step is recorded
-# and the next one runs. The script's exit status is the number of failed steps.
+# Each step has its own time limit (480 s in all), so one slow step cannot take the others' time; a failed step
+# is recorded and the next one runs. The script's exit status is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/gpu_results}
@@ -43,11 +43,11 @@ EOF
 cat "$OUT/environment.json"
 
 # 1. Every method on a model split between cuda:0 and the CPU (skipped without CUDA elsewhere).
-step split_device 120 python -m pytest -q -p no:cacheprovider tests/test_devices.py
+step split_device 60 python -m pytest -q -p no:cacheprovider tests/test_devices.py
 
 # 2. One random-init Llama of 32 layers x 3072 (2.7 B parameters), built once for both benchmarks.
 RANDOM="$OUT/random-32x3072"
-step build_random 150 python -c "
+step build_random 90 python -c "
 import sys; sys.path.insert(0, 'benchmarks')
 from pathlib import Path
 from common import random_model
@@ -55,12 +55,12 @@ import shutil
 built = random_model('32x3072', Path('$OUT'))
 shutil.move(str(built), '$RANDOM') if str(built) != '$RANDOM' else None
 "
-# Batched ablation vs the per-layer loop: 24 prompts x 33 variants, 32 new tokens.
-step ablation 150 python benchmarks/bench_ablation.py --model "$RANDOM" --device cuda --dtype bfloat16 \
-    --domain age --prompts-n 24 --rows 264 --loop-batch 8 --max-new-tokens 32 --repeats 1 --json "$OUT/ablation.json"
+# Batched ablation vs the per-layer loop: 8 prompts x 33 variants (one batch of 264 rows), 32 new tokens.
+step ablation 90 python benchmarks/bench_ablation.py --model "$RANDOM" --device cuda --dtype bfloat16 \
+    --domain age --prompts-n 8 --rows 264 --loop-batch 8 --max-new-tokens 32 --repeats 1 --json "$OUT/ablation.json"
 # The patching sweep vs the naive loop.
-step patching 90 python benchmarks/bench_patching.py --model "$RANDOM" --device cuda --dtype bfloat16 \
-    --domain age --multi-token first_token --pairs-n 32 --batch-size 32 --repeats 3 --json "$OUT/patching.json"
+step patching 60 python benchmarks/bench_patching.py --model "$RANDOM" --device cuda --dtype bfloat16 \
+    --domain age --multi-token first_token --pairs-n 32 --batch-size 32 --repeats 2 --json "$OUT/patching.json"
 rm -rf "$RANDOM"
 
 # 3. The default workflow on CUDA in bfloat16 (the demo models train on the CPU, then every method runs on the GPU).
@@ -78,7 +78,7 @@ for built in results/models/demo results/models/demo-qwen3 results/demo; do
 done
 # Newer than the checkout's knowledge base, so Snakemake's mtime trigger keeps them.
 [ -d "$OUT/workflow" ] && find "$OUT/workflow" -exec touch {} +
-step workflow 270 snakemake --cores "$(nproc)" --configfile config/config.yaml "$OUT/gpu_check.yaml"
+step workflow 180 snakemake --cores "$(nproc)" --configfile config/config.yaml "$OUT/gpu_check.yaml"
 if [ -d "$OUT/workflow/benchmarks" ]; then
     python - "$OUT/workflow/benchmarks" >"$OUT/workflow_jobs.tsv" <<'EOF'
 import sys
