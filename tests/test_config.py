@@ -56,7 +56,7 @@ BROKEN = [
     ),
     (lambda c: c.update(domains=["age", "genetics"]), ["domains.1", "'genetics'", "symptoms"]),
     (lambda c: c.update(methods=["umap", "probing"]), ["methods.1", "'probing'", "patching"]),
-    (lambda c: c["models"]["tiny-llama"].pop("architecture"), ["models.tiny-llama", "architecture"]),
+    (lambda c: c["models"]["tiny-qwen2"].pop("architecture"), ["models.tiny-qwen2", "architecture"]),
     (lambda c: c["models"]["demo"].update(colour="red"), ["models.demo", "colour", "known keys"]),
     (lambda c: c["models"].update({"bad name!": {"kind": "demo"}}), ["models", "bad name!"]),
     (lambda c: c.update(activations={"batch_size": 0}), ["activations.batch_size", "minimum"]),
@@ -68,7 +68,7 @@ BROKEN = [
     (lambda c: c["models"]["demo"].update(demo={"n_layers": 0}), ["models.demo.demo.n_layers", "minimum"]),
     (lambda c: c["models"]["demo"].update(demo={"n_heads": 5}), ["models.demo.demo", "multiple of n_heads"]),
     (lambda c: c["models"]["demo"].update(architecture="gpt_oss"), ["models.demo.architecture", "qwen3"]),
-    (lambda c: c["models"]["tiny-llama"].update(demo={"n_layers": 3}), ["models.tiny-llama.demo", "remove it"]),
+    (lambda c: c["models"]["tiny-qwen2"].update(demo={"n_layers": 3}), ["models.tiny-qwen2.demo", "remove it"]),
 ]
 
 
@@ -149,10 +149,10 @@ def test_prompt_format_defaults_and_per_model_overrides() -> None:
     raw["models"]["demo"]["prompt_format"] = {"patching": "chat", "instruction": "Be brief."}
     config = check_config(raw, SCHEMA)
     # Defaults: the clinical text as written for measurements, the chat template where there is one for generation.
-    assert [prompt_format(config, "tiny-llama", m)["mode"] for m in ("activations", "saliency", "patching")] == [
+    assert [prompt_format(config, "tiny-qwen2", m)["mode"] for m in ("activations", "saliency", "patching")] == [
         "raw"
     ] * 3
-    assert prompt_format(config, "tiny-llama", "ablation") == {"mode": "auto", "instruction": DEFAULT_INSTRUCTION}
+    assert prompt_format(config, "tiny-qwen2", "ablation") == {"mode": "auto", "instruction": DEFAULT_INSTRUCTION}
     assert prompt_format(config, "demo", "patching") == {"mode": "chat", "instruction": "Be brief."}
     assert prompt_format(config, "demo", "activations")["mode"] == "raw"
     assert PromptFormat(**prompt_format(config, "demo", "patching")).chat
