@@ -52,7 +52,7 @@ rule ablation_judge:
         # are read from the config by the script, so tuning them never reruns the judge.
         judge=JudgeSettings.from_dict(config["judge"]).score_settings(),
         # Outside any one run's outputs and never declared: a rerun reads it and pays only for new pairs.
-        cache_dir=f"{RESULTS}/cache/judge",
+        cache_dir=JUDGE_CACHE,
         # Changed by a judge job that left pairs failed (unreachable endpoint, timeouts, a wrong key): the next
         # run retries exactly those; unchanged once every pair has a verdict, so nothing reruns after that.
         retry=judge_retry_token,

@@ -37,7 +37,7 @@ from kmap.core.staging import FILES_DIR, hub_token
 from kmap.data.prompts import validate_all
 from kmap.maps.known_metrics import map_metric_problems
 from kmap.maps.table1 import DEFAULT_CONCEPTS
-from kmap.methods.ablation.judge import JudgeSettings
+from kmap.methods.ablation.judge import JudgeSettings, retry_file
 from kmap.methods.ablation.settings import settings_from_config, value_params
 
 # Every problem at once, each with its key and fix; then the schema's defaults filled in (the one home of
@@ -454,15 +454,12 @@ def map_tables(kind):
     return get
 
 
+JUDGE_CACHE = f"{RESULTS}/cache/judge"
+
+
 def judge_retry_token(wildcards):
     """The token a judge job writes beside its answer cache when pairs failed; a new one reruns the judge."""
-    marker = (
-        Path(RESULTS)
-        / "cache"
-        / "judge"
-        / wildcards.model
-        / f"{wildcards.domain}.retry"
-    )
+    marker = retry_file(JUDGE_CACHE, wildcards.model, wildcards.domain)
     return marker.read_text().strip() if marker.is_file() else ""
 
 

@@ -8,13 +8,12 @@ job still succeeds; the key is not an input, so adding it later reruns nothing b
 import logging
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 
 from kmap.core.io import write_text_atomic
 from kmap.core.job import Job
-from kmap.methods.ablation.judge import JudgeSettings, run_judge
+from kmap.methods.ablation.judge import JudgeSettings, cache_file, retry_file, run_judge
 
 
 def main(job: Job) -> None:
@@ -24,7 +23,7 @@ def main(job: Job) -> None:
     # Score-changing settings come from params (rerun triggers); transport ones (concurrency, timeouts,
     # retries) straight from the config, so tuning them never reruns the judge.
     settings = JudgeSettings.from_dict({**job.smk.config.get("judge", {}), **job.params["judge"]})
-    cache = f"{job.params['cache_dir']}/{job.model}/{job.domain}.jsonl"
+    cache = str(cache_file(job.params["cache_dir"], job.model, job.domain))
     responses = pd.read_parquet(job.smk.input.responses)
     run = run_judge(responses, settings, cache, job.model, job.domain, progress=job.progress("pairs"))
     job.note(
@@ -39,7 +38,8 @@ def main(job: Job) -> None:
     failed = run.status_counts.get("failed", 0)
     if failed:
         # A new retry token (the rule's param `retry`): the next run reruns this job, sending the failed pairs.
-        write_text_atomic(Path(cache).with_suffix(".retry"), f"{time.time_ns()}-{os.getpid()}\n")
+        token = retry_file(job.params["cache_dir"], job.model, job.domain)
+        write_text_atomic(token, f"{time.time_ns()}-{os.getpid()}\n")
         job.log.warning(
             "judge %s: %d pair(s) failed (%s); the next `snakemake` run retries them, answers already received "
             "are reused",

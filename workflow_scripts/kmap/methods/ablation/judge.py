@@ -116,6 +116,16 @@ class JudgeFailure(RuntimeError):
         self.exhausted = exhausted
 
 
+def cache_file(cache_dir: str | Path, model: str, domain: str) -> Path:
+    """A (model, domain)'s answer cache: outside any run's outputs, so a rerun pays only for new pairs."""
+    return Path(cache_dir) / model / f"{domain}.jsonl"
+
+
+def retry_file(cache_dir: str | Path, model: str, domain: str) -> Path:
+    """Beside the cache, the retry token a job that left pairs failed writes (the rule reads it as a param)."""
+    return cache_file(cache_dir, model, domain).with_suffix(".retry")
+
+
 def api_key(settings: JudgeSettings, environ: Mapping[str, str] = os.environ) -> str | None:
     key = environ.get(settings.api_key_env, "").strip()
     return key or None
