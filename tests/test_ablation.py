@@ -25,7 +25,6 @@ from kmap.methods.ablation.generate import (
     decode_rows,
     divergence,
     greedy_decode,
-    left_padding,
     run_ablation,
     stop_ids,
     teacher_forced,
@@ -33,7 +32,7 @@ from kmap.methods.ablation.generate import (
     tokenize_prompts,
     trim_at_stop,
 )
-from kmap.methods.ablation.reference import ablate, generate, intact_batch, run_ablation_per_layer
+from kmap.methods.ablation.reference import ablate, generate, intact_batch, left_padding, run_ablation_per_layer
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
 from kmap.methods.ablation.summary import summarise
 from tests.workflow import ablation_summary_job, run_entry
@@ -338,3 +337,14 @@ def test_entry_script_writes_tables_and_figure(tiny_dirs: dict[str, Path], tmp_p
     assert set(metrics["metric"]) == set(PAIR_METRICS) and (metrics["n"] == 5).all()
     assert Path(summary.output.curves_png).stat().st_size > 0
     assert read_provenance(summary.output.curves_pdf)["model"]["name"] == "tiny-llama"
+
+
+def test_pad_batch_both_sides() -> None:
+    from kmap.core.batches import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="side"):
+        pad_batch([[1]], 0, side="middle")

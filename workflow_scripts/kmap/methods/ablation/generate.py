@@ -23,7 +23,6 @@ same column); teacher forcing pads on the right like every other forward in kmap
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from kmap.core.batches import pad_batch
 from kmap.core.hooks import RowLayers, identity_rows
 from kmap.core.models import LoadedModel
 from kmap.core.prompt_format import RAW, PromptFormat
@@ -64,17 +64,6 @@ def stop_ids(loaded: LoadedModel) -> frozenset[int]:
     return frozenset(int(i) for i in ids if i is not None)
 
 
-@contextlib.contextmanager
-def left_padding(tokenizer: Any) -> Iterator[Any]:
-    """Pad on the left for generation only; the tokenizer's own side is restored even on error."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield tokenizer
-    finally:
-        tokenizer.padding_side = side
-
-
 def tokenize_prompts(tokenizer: Any, texts: Sequence[str], fmt: PromptFormat = RAW) -> list[list[int]]:
     """Unpadded token ids per prompt as ``fmt`` formats it (raw: the special tokens of every other kmap forward)."""
     return [fmt.ids(tokenizer, text) for text in texts]
@@ -95,18 +84,12 @@ def response_positions(
 ) -> tuple[Tensor, ...]:
     """Right-padded prompt+response ids, attention mask, and for each response token the position that
     predicts it, its id and a validity mask ([B, N] each, N = longest response)."""
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-    width = max(lengths)
+    ids, mask = pad_batch([list(p) + list(r) for p, r in zip(prompts, responses, strict=True)], pad)
     n = max(1, max(len(r) for r in responses))
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
     where = torch.zeros((len(prompts), n), dtype=torch.long)
     targets = torch.zeros_like(where)
     valid = torch.zeros((len(prompts), n), dtype=torch.bool)
     for b, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        seq = list(prompt) + list(response)
-        ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, : len(seq)] = 1
         k = len(response)
         where[b, :k] = torch.arange(len(prompt) - 1, len(prompt) - 1 + k)
         targets[b, :k] = torch.tensor(list(response), dtype=torch.long)
@@ -199,18 +182,6 @@ class Clock:
         self.tokens += sum(len(r) for r in responses)
 
 
-def left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Left-padded ids and attention mask, so every prompt ends at the last column (where decoding starts)."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, prompt in enumerate(prompts):
-        if prompt:
-            ids[b, width - len(prompt) :] = torch.tensor(list(prompt))
-            mask[b, width - len(prompt) :] = 1
-    return ids, mask
-
-
 def greedy_decode(
     loaded: LoadedModel,
     prompts: Sequence[Sequence[int]],
@@ -226,7 +197,7 @@ def greedy_decode(
     with the same padding: positions count real tokens only, padding is masked.
     """
     pad = loaded.tokenizer.pad_token_id
-    ids, mask = left_padded(prompts, pad if pad is not None else 0)
+    ids, mask = pad_batch(prompts, pad if pad is not None else 0, side="left")
     device = loaded.device
     ids, mask = ids.to(device), mask.to(device)
     # Left padding: a row's first real token is position 0 (padding gets a harmless 1, as in generate).

@@ -7,8 +7,10 @@ Not used by the workflow.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,6 @@ from kmap.methods.ablation.generate import (
     _record,
     divergence,
     greedy_mismatches,
-    left_padding,
     stop_ids,
     teacher_forced,
     token_overlap,
@@ -32,6 +33,17 @@ from kmap.methods.ablation.generate import (
     trim_at_stop,
 )
 from kmap.methods.ablation.settings import INTACT, AblationSettings
+
+
+@contextlib.contextmanager
+def left_padding(tokenizer: Any) -> Iterator[Any]:
+    """Pad on the left for generation only; the tokenizer's own side is restored even on error."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = side
 
 
 def generate(

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kmap.core.batches import pad_batch
 from kmap.core.hooks import capture, overwrite
 from kmap.core.models import LoadedModel
 from kmap.core.tables import EMBEDDINGS
@@ -71,12 +72,7 @@ def on(tensor: Tensor, rows: Tensor) -> Tensor:
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
+    ids, mask = pad_batch(sequences, pad_id)
     return ids.to(device), mask.to(device)
 
 
