@@ -160,6 +160,27 @@ def _record(prompt_id: str, layer: int, tokens: list[int], stop: frozenset[int],
     }
 
 
+def pair_metrics(intact: list[int], ablated: list[int], kl: float, drop: float, stop: frozenset[int]) -> dict:
+    """The judge-free metrics of one (prompt, ablated layer) from its responses and divergences."""
+    return dict(
+        kl=float(kl),
+        logprob_drop=float(drop),
+        token_overlap=token_overlap(intact, ablated, stop),
+        identical=float(intact == ablated),
+    )
+
+
+def responses_frame(
+    records: list[dict], prompt_ids: Sequence[str], texts: Sequence[str], tokenizer: Any
+) -> pd.DataFrame:
+    """The responses table: the records with each prompt's text and each response decoded."""
+    frame = pd.DataFrame.from_records(records)
+    prompt_text = dict(zip(prompt_ids, texts, strict=True))
+    frame.insert(1, "prompt", frame["prompt_id"].map(prompt_text))
+    frame.insert(3, "response", [tokenizer.decode(t, skip_special_tokens=True) for t in frame["tokens"]])
+    return frame
+
+
 @dataclass
 class Scored:
     """Intact responses and their teacher-forced distributions."""
@@ -337,12 +358,7 @@ def run_ablation(
                 n = base.logprobs.shape[1]  # the prompt's own response length (the batch may be wider)
                 kl, drop = divergence(base.logprobs, logprobs[i : i + 1, :n], base.targets, base.valid)
                 tokens = responses[(r.prompt, r.layer)]
-                metrics = dict(
-                    kl=float(kl[0]),
-                    logprob_drop=float(drop[0]),
-                    token_overlap=token_overlap(base.responses, tokens, stop),
-                    identical=float(base.responses == tokens),
-                )
+                metrics = pair_metrics(base.responses, tokens, kl[0], drop[0], stop)
                 records[(r.prompt, r.layer)] = _record(prompt_ids[r.prompt], r.layer, tokens, stop, **metrics)
         # Prompts whose last row was scored are done; keep only the last prompt of the chunk (it may continue).
         last = chunk[-1].prompt
@@ -351,8 +367,5 @@ def run_ablation(
         if progress:
             progress(done, total)
 
-    frame = pd.DataFrame.from_records([records[(r.prompt, r.layer)] for r in rows])
-    prompt_text = dict(zip(prompt_ids, texts, strict=True))
-    frame.insert(1, "prompt", frame["prompt_id"].map(prompt_text))
-    frame.insert(3, "response", [loaded.tokenizer.decode(t, skip_special_tokens=True) for t in frame["tokens"]])
+    frame = responses_frame([records[(r.prompt, r.layer)] for r in rows], prompt_ids, texts, loaded.tokenizer)
     return AblationRun(frame, clock.tokens, clock.seconds, mismatches)

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from kmap.core.hooks import identity
@@ -26,9 +25,10 @@ from kmap.methods.ablation.generate import (
     _record,
     divergence,
     greedy_mismatches,
+    pair_metrics,
+    responses_frame,
     stop_ids,
     teacher_forced,
-    token_overlap,
     tokenize_prompts,
     trim_at_stop,
 )
@@ -128,16 +128,7 @@ def run_ablation_per_layer(
         for layer in layers:
             ablated, kl, drop = ablate(loaded, prompts, intact, [layer], settings.max_new_tokens, clock)
             for b, pid in enumerate(ids):
-                base = intact.responses[b]
-                metrics = dict(
-                    kl=float(kl[b]),
-                    logprob_drop=float(drop[b]),
-                    token_overlap=token_overlap(base, ablated[b], stop),
-                    identical=float(base == ablated[b]),
-                )
+                metrics = pair_metrics(intact.responses[b], ablated[b], kl[b], drop[b], stop)
                 records.append(_record(pid, layer, ablated[b], stop, **metrics))
-    frame = pd.DataFrame.from_records(records)
-    prompt_text = dict(zip(prompt_ids, texts, strict=True))
-    frame.insert(1, "prompt", frame["prompt_id"].map(prompt_text))
-    frame.insert(3, "response", [loaded.tokenizer.decode(t, skip_special_tokens=True) for t in frame["tokens"]])
+    frame = responses_frame(records, prompt_ids, texts, loaded.tokenizer)
     return AblationRun(frame, clock.tokens, clock.seconds, mismatches)
