@@ -4,7 +4,9 @@ default demo model (trained, about 3 minutes on 2 cores) with a random-init twin
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,6 +17,10 @@ sys.path.append(str(REPO / "workflow_scripts"))
 # Tests never reach a model hub: fail fast instead of waiting on network timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The workflow runs' warm job servers (kmap.core.warm) live in this session's own folder; removing it at the end
+# stops them (a server exits once its socket is gone).
+WARM_DIR = Path(tempfile.mkdtemp(prefix="kmap-warm-tests-"))
+os.environ["KMAP_WARM_DIR"] = str(WARM_DIR)
 
 import pytest
 
@@ -122,3 +128,7 @@ HEAVY_FIRST = ("test_demo.py", "test_slurm.py", "test_workflow.py", "test_faults
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: index for index, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(WARM_DIR, ignore_errors=True)

@@ -1,6 +1,10 @@
 """Rule ablation_generate (GPU): method 3, greedy responses with each layer ablated in turn, and the
 judge-free per-(prompt, layer) metrics."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from kmap.core.job import Job
 from kmap.core.models import load_for_job, prompt_format_for_job
 from kmap.data.prompts import load_prompt_set

@@ -5,6 +5,10 @@ job still succeeds; the key is not an input, so adding it later reruns nothing b
 ``snakemake --forcerun ablation_judge`` (cached answers are reused, so only new pairs cost).
 """
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import logging
 import os
 import time

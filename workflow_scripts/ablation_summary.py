@@ -1,6 +1,10 @@
 """Rule ablation_summary (CPU): method 3, per-layer means with bootstrap CIs of the judge-free metrics and
 of the judge's scores, and their figures."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.figures import curve_figure

@@ -1,5 +1,9 @@
 """Rule activations (GPU for hub models): cache residual-stream activations of one (model, domain)."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from kmap.activations.cache import ActivationSettings, write_cache
 from kmap.activations.extract import extract
 from kmap.core.job import Job

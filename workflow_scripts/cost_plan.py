@@ -1,5 +1,9 @@
 """Rule cost_plan (local): the study's planned jobs, GPUs and GPU-hours per model and GPU rule, as a table."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.cost import COLUMNS

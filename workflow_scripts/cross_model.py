@@ -1,6 +1,10 @@
 """Rule cross_model (CPU): the cross-model map (every model on relative depth) and Table 1 (best layer per
 concept)."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.job import Job

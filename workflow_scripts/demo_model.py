@@ -3,6 +3,10 @@
 Also runnable by hand: ``python workflow_scripts/demo_model.py --help``.
 """
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import argparse
 from pathlib import Path
 

@@ -1,5 +1,9 @@
 """Rule intervals (CPU): the map curve of one (model, domain, method), its intervals and per-layer stability."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.job import Job

@@ -1,5 +1,9 @@
 """Rule knowledge_map (CPU): one model's knowledge map (Domain × Layer, each method's intervals, consensus)."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.job import Job

@@ -1,6 +1,10 @@
 """Rule patching (GPU): method 4, clean/corrupted runs and the exact layer sweep of one (model, domain):
 per-pair logit differences and the position-by-position heatmap pairs."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from kmap.core.job import Job
 from kmap.core.models import load_for_job, prompt_format_for_job
 from kmap.data.prompts import load_pairs

@@ -1,5 +1,9 @@
 """Rule patching_summary (CPU): method 4, P per layer with bootstrap CIs and the figures."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import pandas as pd
 
 from kmap.core.figures import curve_figure

@@ -1,6 +1,10 @@
 """Rule preflight (CPU, tokenizer only): what one GPU method will feed the model for one (model, domain): token
 lengths against the context and, for patching, the usable pairs and their answer tokens; fails before any GPU."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from pathlib import Path
 
 from kmap.core.job import Job

@@ -1,5 +1,9 @@
 """Rule saliency (GPU): method 2, per-prompt weight-gradient saliency of one (model, domain)."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import dataclasses
 import time
 

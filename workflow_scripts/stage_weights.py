@@ -1,5 +1,9 @@
 """Rule stage_weights (where the internet is): one pinned hub snapshot per model, read offline by every job."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 import json
 from pathlib import Path
 

@@ -1,5 +1,9 @@
 """Rule tiny_model (CPU): one tiny random-init model (coverage of an architecture, not science)."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from kmap.core.job import Job
 from kmap.data.knowledge import load_knowledge, vocabulary
 from kmap.offline.tiny import build_tiny_model

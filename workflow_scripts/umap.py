@@ -1,5 +1,9 @@
 """Rule umap (CPU): method 1, representation geometry of one (model, domain) from the activation cache."""
 
+from kmap.core.warm import hand_over
+
+hand_over()  # first: on a local run the job continues in a process with its libraries imported
+
 from kmap.activations.cache import check_cache, read_cache
 from kmap.core.figures import curve_figure
 from kmap.core.job import Job

@@ -65,6 +65,11 @@ def git_describe() -> str | None:
 # --- code version: the import closure of an entry script ----------------------------------------------------
 
 
+# Modules that decide where a job runs, never what it computes: outside every code version, so that editing
+# them reruns nothing.
+EXECUTION_ONLY = frozenset({"core/warm.py"})
+
+
 def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
     """The source file of kmap module ``name`` ("kmap.core.io"), a package's __init__.py, or None."""
     parts = name.split(".")
@@ -120,6 +125,8 @@ def code_version(script: str | Path, root: Path = PACKAGE_DIR) -> str:
     script = Path(script)
     digest = hashlib.sha256(script.read_bytes())
     for source in import_closure(script, root):
+        if source.relative_to(root).as_posix() in EXECUTION_ONLY:
+            continue
         stat = source.stat()
         digest.update(str(source.relative_to(root)).encode())
         digest.update(_file_digest(str(source), stat.st_mtime_ns, stat.st_size))
