@@ -5,6 +5,7 @@ Each module-level server imports torch and transformers once (about 10 s)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -185,3 +186,52 @@ def test_the_server_stops_when_its_socket_is_removed(env: dict[str, str], tmp_pa
     while _alive(pid):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_server_killed_takes_its_children_and_fails_their_jobs(env: dict[str, str], tmp_path: Path) -> None:
+    """Out of memory or killed, the server leaves no orphan writing outputs of a job Snakemake counts as failed."""
+    folder = tmp_path / "own"
+    environ = {**env, "KMAP_WARM_DIR": str(folder)}
+    script = _script(env)
+    assert _run(script, environ, "exit", "0").returncode == 0
+    _wait_for_server(folder, environ)
+    log = folder / _socket(environ).name.replace(".sock", ".log")
+    server = int(log.read_text().split("pid ")[1].split(")")[0])
+    pid_file = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "sleep", str(pid_file)],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    os.kill(server, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived its server"
+        time.sleep(0.05)
+
+
+def test_no_restart_loop_while_a_server_keeps_failing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(warm.subprocess, "Popen", lambda args, **_: started.append(args))
+    log = tmp_path / "k.log"
+    log.write_text("a server started and died without listening\n")
+    warm.start_server(tmp_path, "k")
+    assert started == []  # started seconds ago: not again yet
+    past = time.time() - warm.RESTART_AFTER_S - 1
+    os.utime(log, (past, past))
+    warm.start_server(tmp_path, "k")
+    assert len(started) == 1 and started[0][-2:] == [str(tmp_path), "k"]
+    # A server starting (it holds the key's lock) is never doubled.
+    started.clear()
+    os.utime(log, (past, past))
+    with open(tmp_path / "k.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        warm.start_server(tmp_path, "k")
+    assert started == []

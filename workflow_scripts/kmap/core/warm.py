@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import importlib.util
@@ -68,6 +69,8 @@ VOLATILE_ENV = frozenset({"_", "PWD", "OLDPWD", "SHLVL", "KMAP_WARM_CHILD", "PYT
 CHILD_FLAG = "KMAP_WARM_CHILD"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")
+# After a server exits, its key's next server may start this many seconds after the last one did.
+RESTART_AFTER_S = 30
 # sys.path as the interpreter set it up, before anything was imported (the server runs with -P: no script folder).
 _BASE_PATH = list(sys.path)
 
@@ -220,7 +223,11 @@ def start_server(folder: Path, key: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
     except OSError:
         return  # a server holds it: starting, or about to listen
-    log = open(folder / f"{key}.log", "ab")  # noqa: SIM115 - handed to the server process
+    log_path = folder / f"{key}.log"
+    with contextlib.suppress(OSError):
+        if time.time() - log_path.stat().st_mtime < RESTART_AFTER_S:
+            return  # one started lately and is gone without listening: no restart loop while it keeps failing
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the server process
     # -P: the script's own folder (kmap/core) must not shadow top-level modules in the server.
     subprocess.Popen(
         [sys.executable, "-P", __file__, "serve", str(folder), key],
@@ -349,6 +356,7 @@ def _fork_job(
     conn.settimeout(None)
     sys.stdout.flush()
     sys.stderr.flush()
+    server = os.getpid()
     pid = os.fork()
     if pid == 0:
         selector.close()
@@ -356,7 +364,7 @@ def _fork_job(
         for other in children.values():
             other.close()
         conn.close()
-        _run_child(request, fds)  # never returns
+        _run_child(request, fds, server)  # never returns
     for fd in fds:
         os.close(fd)
     try:
@@ -366,10 +374,20 @@ def _fork_job(
     return pid
 
 
-def _run_child(request: dict, fds: list[int]) -> None:
+def _die_with(parent: int) -> None:
+    """Should the server die (out of memory, killed), its children go too: no orphan writing outputs of a job
+    Snakemake counts as failed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _run_child(request: dict, fds: list[int], server: int) -> None:
     code = 1
     try:
         os.setsid()  # its own process group: signals reach it and whatever it starts
+        _die_with(server)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
