@@ -172,14 +172,18 @@ def test_the_key_follows_the_environment_and_the_libraries() -> None:
     assert warm.server_key(base) != warm.server_key({**base, "OMP_NUM_THREADS": "1"})
 
 
-def test_the_server_stops_when_its_socket_is_removed(env: dict[str, str], tmp_path: Path) -> None:
-    folder = tmp_path / "own"
+def _own_server(env: dict[str, str], folder: Path) -> tuple[dict[str, str], int]:
+    """A server of its own (started by a first, cold job) for a test that stops or kills it: its env and pid."""
     environ = {**env, "KMAP_WARM_DIR": str(folder)}
-    script = _script(env)
-    assert _run(script, environ, "exit", "0").returncode == 0
+    assert _run(_script(env), environ, "exit", "0").returncode == 0
     _wait_for_server(folder, environ)
+    log = folder / _socket(environ).name.replace(".sock", ".log")
+    return environ, int(log.read_text().split("pid ")[1].split(")")[0])
+
+
+def test_the_server_stops_when_its_socket_is_removed(env: dict[str, str], tmp_path: Path) -> None:
+    environ, pid = _own_server(env, tmp_path / "own")
     sock = _socket(environ)
-    pid = int((folder / sock.name.replace(".sock", ".log")).read_text().split("pid ")[1].split(")")[0])
     assert _alive(pid)
     sock.unlink()
     deadline = time.monotonic() + 10
@@ -190,13 +194,8 @@ def test_the_server_stops_when_its_socket_is_removed(env: dict[str, str], tmp_pa
 
 def test_a_server_killed_takes_its_children_and_fails_their_jobs(env: dict[str, str], tmp_path: Path) -> None:
     """Out of memory or killed, the server leaves no orphan writing outputs of a job Snakemake counts as failed."""
-    folder = tmp_path / "own"
-    environ = {**env, "KMAP_WARM_DIR": str(folder)}
+    environ, server = _own_server(env, tmp_path / "own")
     script = _script(env)
-    assert _run(script, environ, "exit", "0").returncode == 0
-    _wait_for_server(folder, environ)
-    log = folder / _socket(environ).name.replace(".sock", ".log")
-    server = int(log.read_text().split("pid ")[1].split(")")[0])
     pid_file = tmp_path / "pid"
     proc = subprocess.Popen(
         [sys.executable, str(script), "sleep", str(pid_file)],
