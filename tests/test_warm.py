@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ elif mode == "sleep":
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """An environment with its own server folder and a server already up (started by a first, cold job)."""
     folder = tmp_path_factory.mktemp("warm")
     environ = {**os.environ, "KMAP_WARM_DIR": str(folder), "KMAP_WARM_IDLE_S": "120"}
@@ -58,7 +59,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     first = _run(script, environ, "exit", "0")
     assert first.returncode == 0, first.stderr
     _wait_for_server(folder, environ)
-    return environ
+    yield environ
+    for sock in folder.glob("*.sock"):  # its servers stop once their socket is gone
+        sock.unlink()
 
 
 def _run(script: Path, env: dict[str, str], *args: str, **kwargs: object) -> subprocess.CompletedProcess:
