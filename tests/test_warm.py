@@ -237,3 +237,23 @@ def test_no_restart_loop_while_a_server_keeps_failing(tmp_path: Path, monkeypatc
         fcntl.flock(lock, fcntl.LOCK_EX)
         warm.start_server(tmp_path, "k")
     assert started == []
+
+
+def test_signal_job_reaches_the_group_and_a_child_not_yet_leading_one() -> None:
+    # Its own group (after setsid): the child and what it started are signalled together.
+    leader = subprocess.Popen(["bash", "-c", "sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.3)
+    started = [
+        int(p) for p in subprocess.run(["pgrep", "-P", str(leader.pid)], capture_output=True, text=True).stdout.split()
+    ]
+    assert started
+    warm.signal_job(leader.pid, signal.SIGTERM)
+    assert leader.wait(timeout=10) == -signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in started):
+        assert time.monotonic() < deadline, "the group's other process outlived the signal"
+        time.sleep(0.05)
+    # Before its setsid a child has no group of its own: it alone gets the signal (not lost, nobody else hit).
+    loner = subprocess.Popen(["sleep", "60"])
+    warm.signal_job(loner.pid, signal.SIGTERM)
+    assert loner.wait(timeout=10) == -signal.SIGTERM

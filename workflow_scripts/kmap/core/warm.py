@@ -191,8 +191,7 @@ def _run_remote(conn: socket.socket, script: str) -> int | None:
     child = int(first[1])
 
     def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(child, signum)
+        signal_job(child, signum)
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -206,6 +205,18 @@ def _run_remote(conn: socket.socket, script: str) -> int | None:
         parts = line.split()
         if len(parts) == 2 and parts[0] == "exit":
             return int(parts[1])
+
+
+def signal_job(child: int, signum: int) -> None:
+    """Signal a job's child and everything it started (its process group). In its first moments, before its
+    ``setsid``, the group does not exist yet: the child alone is signalled then, so no signal is lost."""
+    try:
+        os.killpg(child, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            os.kill(child, signum)
+    except OSError:
+        pass
 
 
 def _umask() -> int:
@@ -285,8 +296,7 @@ def serve(folder: Path, key: str, idle_s: float) -> None:
                         gone = True
                     if gone:
                         selector.unregister(conn)
-                        with contextlib.suppress(OSError):
-                            os.killpg(item.data, signal.SIGKILL)
+                        signal_job(item.data, signal.SIGKILL)
             _reap(children, selector)
             if children:
                 last = time.monotonic()
@@ -370,7 +380,7 @@ def _fork_job(
     try:
         conn.sendall(f"pid {pid}\n".encode())
     except OSError:
-        os.killpg(pid, signal.SIGKILL)
+        signal_job(pid, signal.SIGKILL)
     return pid
 
 
