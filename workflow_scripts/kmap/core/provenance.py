@@ -125,10 +125,11 @@ def code_version(script: str | Path, root: Path = PACKAGE_DIR) -> str:
     script = Path(script)
     digest = hashlib.sha256(script.read_bytes())
     for source in import_closure(script, root):
-        if source.relative_to(root).as_posix() in EXECUTION_ONLY:
+        relative = source.relative_to(root).as_posix()
+        if relative in EXECUTION_ONLY:
             continue
         stat = source.stat()
-        digest.update(str(source.relative_to(root)).encode())
+        digest.update(relative.encode())
         digest.update(_file_digest(str(source), stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()[:16]
 
