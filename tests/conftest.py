@@ -87,20 +87,25 @@ def tiny(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> LoadedMo
     return load_model(spec)
 
 
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default demo model (config defaults), trained once and reused from the cache while the knowledge
-    base, parameters, training code and libraries are unchanged. Parallel test workers take a lock, so one
-    trains and the others reuse its model."""
+def _train_default_demo(root: Path) -> None:
+    """The default demo model (config defaults) into ``root/model`` and ``root/results``, from the cache while the
+    knowledge base, parameters, training code and libraries are unchanged. Concurrent callers (pytest-xdist
+    workers) take a lock, so one trains and the others reuse its model."""
     import fcntl
 
-    root = tmp_path_factory.mktemp("demo")
     knowledge = REPO / "prompts" / "knowledge.yaml"
     cache = default_cache_dir() or root / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".train.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         train_demo_model(knowledge, DemoParams(), root / "model", root / "results", cache_dir=cache)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default demo model, trained once and reused from the cache (``_train_default_demo``)."""
+    root = tmp_path_factory.mktemp("demo")
+    _train_default_demo(root)
     return root
 
 
@@ -118,16 +123,36 @@ def twin(demo: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> LoadedM
     return load_model(ModelSpec(name="twin", kind="demo", source=str(root), dtype="float32"))
 
 
-# Heaviest first, so that under pytest-xdist (``-n 2 --dist loadgroup --no-loadscope-reorder``, tests/README.md)
-# the long end-to-end tests start at once and the many short ones fill the other worker around them. The demo module
-# leads: on a cold cache it trains the default demo model (minutes) while the other worker runs the SLURM test,
-# which mostly waits for the controller, and the workflow tests, none of which need that model.
+# Heaviest first, so that under pytest-xdist (``-n 2 --dist loadgroup --no-loadscope-reorder``, README.md) the
+# long end-to-end tests start at once and the many short ones fill the other worker around them; the SLURM test
+# mostly waits for the controller while the other worker computes.
 HEAVY_FIRST = ("test_demo.py", "test_slurm.py", "test_workflow.py", "test_faults.py", "test_bad_inputs.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: index for index, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FIRST)))
+
+
+# The modules whose tests take the default demo model (fixtures demo_dir, demo, twin).
+DEMO_MODULES = ("test_demo.py", "test_ablation.py", "test_patching.py", "test_preflight.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controller trains the default demo model into the cache before any worker starts
+    (xdist's own sessionstart, which starts them, runs last), where the selection needs it and the cache does not
+    hold it. Trained inside a worker it would share the cores with the other workers' tests for minutes."""
+    config = session.config
+    if not config.pluginmanager.has_plugin("dsession") or default_cache_dir() is None:
+        return
+    selected = [Path(arg.split("::")[0]).resolve() for arg in config.args] or [REPO / "tests"]
+    if any(path.is_dir() or path.name in DEMO_MODULES for path in selected):
+        root = Path(tempfile.mkdtemp(prefix="kmap-demo-pretrain-"))
+        try:
+            _train_default_demo(root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
