@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.linear_model import Ridge
 from sklearn.metrics import silhouette_score
+from sklearn.model_selection import GroupKFold
 
 from kmap.core.stats import bootstrap_indices, percentile_ci, replicate
 from kmap.methods.umap.geometry import (
     age_discontinuity,
     collapse_flags,
     effective_rank,
+    group_folds,
     grouped_cv_r2,
     local_anisotropy,
     pairwise,
+    ridge_predict,
     silhouette,
     silhouette_from_distances,
     stage_trajectory,
@@ -75,6 +79,41 @@ def test_grouped_cv_blocks_leakage_of_repeated_ages() -> None:
     # Ungrouped (each row its own group, rows shuffled): copies of an age sit on both sides of a fold.
     ungrouped = grouped_cv_r2(points, ages, RNG.permutation(len(ages)))
     assert ungrouped > 0.5  # the leak the grouping prevents
+
+
+@pytest.mark.parametrize(("n", "d"), [(120, 30), (15, 128), (40, 2)])  # primal, dual (d > n), low-d branches
+def test_ridge_equals_scikit_learn(n: int, d: int) -> None:
+    rng = np.random.default_rng(n + d)
+    train, test = rng.normal(2.0, 3.0, size=(n, d)), rng.normal(2.0, 3.0, size=(25, d))
+    target = train @ rng.normal(size=d) + rng.normal(0, 5, size=n) + 40
+    for alpha in (1.0, 0.01, 30.0):
+        expected = Ridge(alpha=alpha).fit(train, target).predict(test)
+        np.testing.assert_allclose(ridge_predict(train, target, test, alpha), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_folds_equal_scikit_learn(seed: int) -> None:
+    """Random group sizes with many ties, string and integer labels, 2-7 folds: the same test sets as GroupKFold."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, size=int(rng.integers(8, 40)))
+    groups = np.repeat(rng.permutation(len(sizes)) * 7, sizes)[rng.permutation(sizes.sum())]
+    for labels in (groups, groups.astype(str)):
+        for folds in range(2, 8):
+            fold = group_folds(labels, folds)
+            expected = [test for _, test in GroupKFold(n_splits=folds).split(labels, labels, labels)]
+            assert [np.flatnonzero(fold == f).tolist() for f in range(folds)] == [t.tolist() for t in expected]
+
+
+def test_grouped_cv_r2_equals_scikit_learn_ridge_and_group_folds() -> None:
+    """The age R² against an independent computation: scikit-learn's Ridge in scikit-learn's grouped folds."""
+    ages = np.repeat(np.arange(0, 100, 3), 5).astype(float)
+    points = np.outer(ages, RNG.normal(size=30)) / 50 + RNG.normal(size=(len(ages), 30))
+    predicted = np.empty_like(ages)
+    for train, test in GroupKFold(n_splits=5).split(points, ages, ages):
+        predicted[test] = Ridge(alpha=1.0).fit(points[train], ages[train]).predict(points[test])
+    expected = 1 - np.sum((ages - predicted) ** 2) / np.sum((ages - ages.mean()) ** 2)
+    assert 0.3 < expected < 1
+    assert grouped_cv_r2(points, ages, ages) == pytest.approx(expected, abs=1e-12)
 
 
 def test_planted_jump_between_17_and_18() -> None:

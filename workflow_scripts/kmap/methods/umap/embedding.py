@@ -93,10 +93,14 @@ def embed(points: np.ndarray, params: UmapParams, dims: tuple[int, ...] = (30, 2
             knn_index, knn_dist, _ = nearest_neighbors(
                 shuffled, neighbours, "euclidean", {}, False, np.random.RandomState(params.seed), verbose=False
             )
+        # Spectral initialisation needs more points than dimensions. On repeated rows (a layer where prompts share
+        # their pooled token, such as the embeddings) the graph's Laplacian has repeated eigenvalues and ARPACK
+        # returns a different eigenbasis on each call, so the layout would change from run to run: seeded random
+        # initialisation there instead (the layout of identical points carries no information either way).
+        repeated = len(np.unique(shuffled, axis=0)) < n
         out = {}
         for dim in dims:
-            # Spectral initialisation needs more points than dimensions; fall back to random init.
-            init = "spectral" if n > dim + 2 else "random"
+            init = "spectral" if n > dim + 2 and not repeated else "random"
             reducer = umap.UMAP(
                 n_components=min(dim, n - 2),
                 n_neighbors=neighbours,
