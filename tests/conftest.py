@@ -144,7 +144,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     (xdist's own sessionstart, which starts them, runs last), where the selection needs it and the cache does not
     hold it. Trained inside a worker it would share the cores with the other workers' tests for minutes."""
     config = session.config
-    if not config.pluginmanager.has_plugin("dsession") or default_cache_dir() is None:
+    if not config.pluginmanager.has_plugin("dsession") or config.option.collectonly or default_cache_dir() is None:
         return
     selected = [Path(arg.split("::")[0]).resolve() for arg in config.args] or [REPO / "tests"]
     if any(path.is_dir() or path.name in DEMO_MODULES for path in selected):
