@@ -111,8 +111,9 @@ def grouped_cv_r2(
     if n_groups < 2 or len(target) < 4:
         return float("nan")
     predicted = np.empty_like(target)
-    fold = group_folds(groups, min(folds, n_groups))
-    for index in range(min(folds, n_groups)):
+    splits = min(folds, n_groups)
+    fold = group_folds(groups, splits)
+    for index in range(splits):
         test = fold == index
         predicted[test] = ridge_predict(points[~test], target[~test], points[test], alpha)
     residual = np.sum((target - predicted) ** 2)
