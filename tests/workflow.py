@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -53,18 +58,83 @@ def local_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{stub}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
+class _ForkServer:
+    """This test process's ``tests/snakefork.py`` server: Snakemake imported once, each call a forked child."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()  # one call at a time on the pipe
+
+    def _start(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", str(Path(__file__).with_name("snakefork.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=tempfile.gettempdir(),
+                env=local_env(),
+            )
+            ready = self.proc.stdout.readline()
+            if not ready:
+                raise RuntimeError("tests/snakefork.py did not start (its error is above)")
+            atexit.register(self.proc.stdin.close)  # the server ends with its input
+        return self.proc
+
+    def run(self, command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        with self.lock:
+            return self._run(command, cwd, env, timeout)
+
+    def _run(self, command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        proc = self._start()
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"args": command[3:], "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            pid = json.loads(proc.stdout.readline())["pid"]
+            expired = threading.Event()
+
+            def kill() -> None:
+                expired.set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                returncode = json.loads(proc.stdout.readline())["returncode"]
+            finally:
+                timer.cancel()
+            stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+
+_FORK_SERVER = _ForkServer()
+
+
 def snakemake(
     workdir: Path,
     *args: str,
     check: bool = True,
     timeout: int = 1200,
     env: dict[str, str] | None = None,
+    fork: bool = True,
 ) -> subprocess.CompletedProcess:
-    """``snakemake --cores 2 *args`` in ``workdir``; locally (``local_env``) unless ``env`` is given."""
+    """``snakemake --cores 2 *args`` in ``workdir``; locally (``local_env``) unless ``env`` is given.
+
+    Run as a child of this process's Snakemake fork server (``tests/snakefork.py``): a fresh Snakemake process
+    without the 3-4 s of imports and plugin discovery each new one pays. The server runs one call at a time (a
+    second thread's call waits); a call meant to overlap another passes ``fork=False``: its own interpreter."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    result = subprocess.run(
-        command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env or local_env()
-    )
+    if fork:
+        result = _FORK_SERVER.run(command, workdir, env or local_env(), timeout)
+    else:
+        result = subprocess.run(
+            command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env or local_env()
+        )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
