@@ -20,6 +20,7 @@ import json
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,22 @@ def _imported_modules(path: Path) -> frozenset[str]:
     return _parse_imports(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+def _statements(node: ast.AST) -> Iterator[ast.AST]:
+    """Every statement under ``node``, at any depth (function and class bodies, branches, handlers, match cases),
+    without visiting expressions: imports are statements, and expressions are most of a module's nodes."""
+    for value in ast.iter_fields(node):
+        if isinstance(value[1], list):
+            for item in value[1]:
+                if isinstance(item, ast.stmt | ast.excepthandler | ast.match_case):
+                    yield item
+                    yield from _statements(item)
+
+
 @functools.lru_cache(maxsize=512)
 def _parse_imports(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     """Parsed once per file version: the Snakefile asks for the closure of every rule's script."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)):
+    for node in _statements(ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "kmap")
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -179,7 +179,8 @@ def load_pairs(domain: str, prompts_dir: str | Path, schema: dict[str, Any] | No
     path = prompts_dir / "pairs" / f"{domain}.csv"
     frame = _read_csv(path)
     _check_common(path, frame, list(schema["pair_columns"]))
-    for index, row in frame.iterrows():
+    # Plain dicts, not iterrows(): this runs for every domain at every Snakefile parse.
+    for index, row in enumerate(frame.to_dict("records")):
         clean, corrupted = split_words(row["clean"]), split_words(row["corrupted"])
         if clean == corrupted:
             raise PromptSetError(f"{_where(path, index, 'corrupted')}: identical to clean; change one concept")
