@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 
 from kmap.core.io import atomic_output  # noqa: E402
 from kmap.core.provenance import KEY, to_json  # noqa: E402
@@ -50,10 +51,20 @@ def _metadata(fmt: str, provenance: dict[str, Any] | None) -> dict[str, str]:
 
 def save(fig: plt.Figure, png: str | Path, pdf: str | Path) -> None:
     settings, provenance = _context()
+    # Laid out and measured once for both files. savefig draws the whole figure an extra time per file, without
+    # rendering, when the figure has a layout engine (tight_layout() leaves a placeholder one) or the box is
+    # "tight"; laying out text is most of a figure's cost. A live engine (constrained layout) runs here once, and
+    # the positions it set stay.
+    fig.set_dpi(settings["dpi"])
+    engine = fig.get_layout_engine()
+    if engine is not None and not isinstance(engine, PlaceHolderLayoutEngine):
+        fig.draw_without_rendering()
+    fig.set_layout_engine(None)
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for path in (png, pdf):
         fmt = Path(path).suffix.lstrip(".")
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=settings["dpi"], bbox_inches="tight", metadata=_metadata(fmt, provenance))
+            fig.savefig(tmp, format=fmt, dpi=settings["dpi"], bbox_inches=box, metadata=_metadata(fmt, provenance))
     plt.close(fig)
 
 
