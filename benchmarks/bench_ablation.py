@@ -98,6 +98,8 @@ def main() -> None:
         "loop_batch_prompts": args.loop_batch,
         "rows_per_batch": args.rows,
         "generated_tokens": runs["batched"].generated_tokens,
+        # The rest are read from the scoring pass (agreed prefixes and identical rows), which decodes nothing.
+        "batched_decoded_tokens": runs["batched"].decoded_tokens,
         "same_tokens": same,
         "max_score_diff": diff,
     }

@@ -150,6 +150,44 @@ def test_batched_ablation_equals_per_layer_generation(tiny: LoadedModel, batch_s
     assert (a.loc[(slice(None), range(tiny.n_layers)), "kl"] > 0).all()
 
 
+def _agreed_prefix(intact: list[int], ablated: list[int]) -> int:
+    k = 0
+    while k < min(len(intact), len(ablated)) and intact[k] == ablated[k]:
+        k += 1
+    return k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["age", "symptoms"])
+def test_demo_responses_read_from_the_scoring_pass_equal_decoding(demo: LoadedModel, domain: str) -> None:
+    """On a learned model ablated responses follow the intact one for a while: the workflow takes those tokens
+    from the teacher-forced pass and decodes only from where a row leaves the intact response, continuing from
+    the pass's keys and values. Same tokens and scores as one full generation per layer, on rows of every kind:
+    identical to the intact response, leaving it at the first token, and leaving it later and decoding on."""
+    from kmap.data.prompts import load_prompt_set
+
+    frame = load_prompt_set(domain, REPO / "prompts").frame.iloc[::23].head(16)
+    ids, texts = frame["id"].tolist(), frame["text"].tolist()
+    settings = AblationSettings(max_new_tokens=12, batch_size=40)
+    new = run_ablation(demo, ids, texts, settings)
+    old = run_ablation_per_layer(demo, ids, texts, AblationSettings(max_new_tokens=12, batch_size=8))
+    a = new.responses.set_index(["prompt_id", "layer"]).sort_index()
+    b = old.responses.set_index(["prompt_id", "layer"]).sort_index()
+    assert a["tokens"].map(list).tolist() == b["tokens"].map(list).tolist()
+    for name in ("kl", "logprob_drop"):
+        np.testing.assert_allclose(a[name].to_numpy(), b[name].to_numpy(), rtol=1e-5, atol=1e-6)
+    intact = a.xs(INTACT, level="layer")["tokens"].map(list)
+    kinds = set()
+    for (prompt, layer), tokens in a["tokens"].map(list).items():
+        if layer == INTACT:
+            continue
+        k = _agreed_prefix(intact[prompt], tokens)
+        kinds.add("identical" if tokens == intact[prompt] else "first" if k == 0 else "later")
+    assert kinds == {"identical", "first", "later"}
+    # Decoding produced only part of the tokens; the intact ones all.
+    assert sum(map(len, intact)) < new.decoded_tokens < new.generated_tokens == old.generated_tokens
+
+
 def test_no_ablation_gives_zero_kl_and_identical_responses(tiny: LoadedModel) -> None:
     prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
     intact = intact_batch(tiny, prompts, MAX_NEW, Clock())

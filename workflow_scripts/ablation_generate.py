@@ -20,8 +20,10 @@ def main(job: Job) -> None:
     fmt = prompt_format_for_job(job, loaded)
     run = run_ablation(loaded, frame["id"].tolist(), frame["text"].tolist(), settings, job.progress("prompts"), fmt)
     job.log.info(
-        "generated %d tokens in %.1f s (%.1f tokens/s); greedy mismatches %d",
+        "generated %d tokens, %d of them decoded in %.1f s (%.1f tokens/s), the rest read from the scoring pass; "
+        "greedy mismatches %d",
         run.generated_tokens,
+        run.decoded_tokens,
         run.generate_seconds,
         run.tokens_per_second,
         run.greedy_mismatches,
@@ -29,6 +31,7 @@ def main(job: Job) -> None:
     job.note(
         n_prompts=len(frame),
         generated_tokens=run.generated_tokens,
+        decoded_tokens=run.decoded_tokens,
         generate_seconds=round(run.generate_seconds, 2),
         tokens_per_second=round(run.tokens_per_second, 1),
         greedy_mismatches=run.greedy_mismatches,

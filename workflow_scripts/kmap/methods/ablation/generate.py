@@ -46,13 +46,15 @@ Progress = Callable[[int, int], None]
 @dataclass
 class AblationRun:
     responses: pd.DataFrame  # one row per (prompt, layer); layer -1 = intact
-    generated_tokens: int
-    generate_seconds: float
+    generated_tokens: int  # every response token, intact and ablated
+    decoded_tokens: int  # those that decoding steps produced (the rest came from the scoring pass)
+    generate_seconds: float  # seconds in decoding steps
     greedy_mismatches: int  # intact positions whose teacher-forced argmax differs from the generated token
 
     @property
     def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.generate_seconds if self.generate_seconds > 0 else float("nan")
+        """Decoded tokens per second of decoding."""
+        return self.decoded_tokens / self.generate_seconds if self.generate_seconds > 0 else float("nan")
 
 
 def stop_ids(loaded: LoadedModel) -> frozenset[int]:
@@ -98,12 +100,13 @@ def response_positions(
 
 
 def teacher_forced(
-    loaded: LoadedModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+    loaded: LoadedModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], cache: Any = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Log-softmax next-token distributions at the response positions: ([B, N, V] float32, targets, valid).
 
     Only the response positions reach the LM head (``logits_to_keep``), so the vocabulary-sized tensor is
-    [B, N, V] rather than [B, T, V].
+    [B, N, V] rather than [B, T, V]. With ``cache`` (an empty ``DynamicCache``) the forward fills it with every
+    position's keys and values (right-padded, as the forward ran).
     """
     pad = loaded.tokenizer.pad_token_id
     ids, mask, where, targets, valid = response_positions(prompts, responses, pad if pad is not None else 0)
@@ -113,7 +116,8 @@ def teacher_forced(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             logits_to_keep=where.to(device),
-            use_cache=False,
+            cache=cache,
+            use_cache=cache is not None,
         )
     # On the LM head's device, which differs from the embeddings' on a model split over GPUs.
     logits = out.logits.float()
@@ -192,15 +196,15 @@ class Scored:
 
 
 class Clock:
-    """Seconds spent decoding only, so tokens/s measures generation and not the scoring passes."""
+    """Seconds spent decoding and the tokens decoded, so tokens/s measures decoding and not the scoring passes."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.tokens = 0
 
-    def add(self, seconds: float, responses: Sequence[Sequence[int]]) -> None:
+    def add(self, seconds: float, tokens: int) -> None:
         self.seconds += seconds
-        self.tokens += sum(len(r) for r in responses)
+        self.tokens += tokens
 
 
 def greedy_decode(
@@ -219,18 +223,34 @@ def greedy_decode(
     """
     pad = loaded.tokenizer.pad_token_id
     ids, mask = pad_batch(prompts, pad if pad is not None else 0, side="left")
-    device = loaded.device
-    ids, mask = ids.to(device), mask.to(device)
     # Left padding: a row's first real token is position 0 (padding gets a harmless 1, as in generate).
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-    last = positions[:, -1:]
     out: list[list[int]] = [[] for _ in prompts]
-    active = torch.arange(len(prompts))  # original row of each row still decoding
+    continue_decoding(loaded, ids, mask, positions, None, out, max_new_tokens, stop, rows)
+    return out
+
+
+def continue_decoding(
+    loaded: LoadedModel,
+    step_ids: Tensor,
+    mask: Tensor,
+    positions: Tensor,
+    cache: Any,
+    out: list[list[int]],
+    max_new_tokens: int,
+    stop: frozenset[int],
+    rows: RowLayers | None = None,
+) -> None:
+    """Greedy decoding from a left-padded state, appending each row's tokens to ``out[b]`` until it emits a stop
+    token or holds ``max_new_tokens``: ``step_ids`` [B, S] are fed at ``positions`` [B, S] with ``mask`` [B, T]
+    covering ``cache``'s T − S positions and theirs (``cache`` None: a fresh start, S = T)."""
+    device = loaded.device
+    step_ids, mask, positions = step_ids.to(device), mask.to(device), positions.to(device)
+    last = positions[:, -1:]
+    active = torch.arange(len(out))  # original row of each row still decoding
     stop_ids_ = torch.tensor(sorted(stop), dtype=torch.long)
-    cache = None
-    step_ids = ids
     with torch.inference_mode():
-        for step in range(max_new_tokens):
+        while True:
             result = loaded.model(
                 input_ids=step_ids,
                 attention_mask=mask,
@@ -243,11 +263,10 @@ def greedy_decode(
             token = result.logits[:, -1].argmax(dim=-1).cpu()
             for row, value in zip(active.tolist(), token.tolist(), strict=True):
                 out[row].append(value)
-            if step == max_new_tokens - 1:
-                break
-            running = ~torch.isin(token, stop_ids_)
+            room = torch.tensor([len(out[row]) < max_new_tokens for row in active.tolist()])
+            running = ~torch.isin(token, stop_ids_) & room
             if not bool(running.any()):
-                break
+                return
             if not bool(running.all()):
                 keep = running.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)  # CPU indices work for caches on any device
@@ -259,7 +278,6 @@ def greedy_decode(
             last = last + 1
             positions = last
             step_ids = token.view(-1, 1).to(device)
-    return out
 
 
 def decode_rows(
@@ -285,6 +303,82 @@ def score_rows(
         return teacher_forced(loaded, prompts, responses)
 
 
+def _kv_cache() -> Any:
+    from transformers import DynamicCache
+
+    # No config: every layer keeps every position (a sliding-window layer's cache would drop early ones that
+    # decoding from an earlier position still attends to; the sliding mask comes from positions either way).
+    return DynamicCache()
+
+
+def left_aligned(cache: Any, keep: Tensor, lengths: Tensor) -> tuple[Any, Tensor]:
+    """Rows ``keep`` of a right-padded cache, each with its first ``lengths[j]`` positions, laid out left-padded
+    as greedy decoding holds them (gaps between positions unchanged, so sliding windows see what they would);
+    and the attention mask of that layout [J, max length]."""
+    width = int(lengths.max())
+    source = torch.arange(width)[None, :] - (width - lengths)[:, None]
+    mask = (source >= 0).long()
+    source = source.clamp_min(0)  # padding columns copy position 0; the mask hides them
+    aligned = _kv_cache()
+    for index, layer in enumerate(cache.layers):
+        picked = []
+        for tensor in (layer.keys, layer.values):
+            where = source.to(tensor.device)[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3])
+            picked.append(tensor[keep.to(tensor.device)].gather(2, where))
+        aligned.update(*picked, index)
+    return aligned, mask
+
+
+def score_and_respond(
+    loaded: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    intact: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    max_new_tokens: int,
+    stop: frozenset[int],
+    clock: Clock,
+) -> tuple[Tensor, list[list[int]]]:
+    """Row ``b`` with layer ``layers[b]`` ablated: its teacher-forced log-softmax through its prompt's intact
+    response ``intact[b]`` ([B, N, V], as :func:`score_rows`), and its own greedy response.
+
+    Greedy decoding of the ablated row feeds exactly the tokens the teacher-forced pass feeds until the first
+    position where its argmax differs from the intact token, so up to there its tokens are the pass's argmaxes;
+    from there it continues decoding from the pass's own keys and values. A row that never differs gives the
+    intact response. Only the continuation decodes (timed by ``clock``).
+    """
+    rows = RowLayers(torch.tensor(list(layers)))
+    cache = _kv_cache()
+    with identity_rows(loaded.parts.layers, rows):
+        logprobs, targets, _ = teacher_forced(loaded, prompts, intact, cache)
+        greedy, targets = logprobs.argmax(dim=-1).cpu(), targets.cpu()
+        out: list[list[int]] = []
+        todo: list[int] = []
+        for b, response in enumerate(intact):
+            n = len(response)
+            differs = (greedy[b, :n] != targets[b, :n]).nonzero()
+            if len(differs) == 0:
+                out.append(list(response))
+                continue
+            k = int(differs[0, 0])
+            out.append([*response[:k], int(greedy[b, k])])
+            if out[-1][-1] not in stop and len(out[-1]) < max_new_tokens:
+                todo.append(b)
+        if todo:
+            start = time.perf_counter()
+            before = sum(len(out[b]) for b in todo)
+            keep = torch.tensor(todo)
+            # The cache holds the prompt and the agreed prefix; the differing token is fed next.
+            held = torch.tensor([len(prompts[b]) + len(out[b]) - 1 for b in todo])
+            aligned, mask = left_aligned(cache, keep, held)
+            rows.select(keep)
+            step = torch.tensor([[out[b][-1]] for b in todo])
+            mask = torch.cat([mask, mask.new_ones((len(todo), 1))], dim=1)
+            continued = [out[b] for b in todo]  # the same lists: decoding appends to them
+            continue_decoding(loaded, step, mask, held.view(-1, 1), aligned, continued, max_new_tokens, stop, rows)
+            clock.add(time.perf_counter() - start, sum(len(out[b]) for b in todo) - before)
+    return logprobs, out
+
+
 @dataclass
 class Row:
     """One decoded variant: a prompt (its index) with one layer ablated (``INTACT``: none)."""
@@ -293,7 +387,7 @@ class Row:
     layer: int
 
 
-def chunks(items: Sequence[Row], size: int) -> Iterator[list[Row]]:
+def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -308,31 +402,30 @@ def run_ablation(
 ) -> AblationRun:
     """Every prompt, formatted by ``fmt``, intact and with each chosen layer ablated; responses decoded to text.
 
-    Every (prompt, ablated layer) variant is a row; ``settings.batch_size`` rows decode together, prompt by
-    prompt, so a batch holds all variants of a few prompts (similar lengths, little padding). Then the ablated
-    rows are teacher-forced through their prompt's intact response, again ``batch_size`` rows at a time.
+    The intact responses decode first, ``settings.batch_size`` prompts at a time. Then every (prompt, ablated
+    layer) variant is a row, ``batch_size`` rows at a time, prompt by prompt: each row is teacher-forced through
+    its prompt's intact response, and its own greedy response decodes only from where it leaves the intact one
+    (:func:`score_and_respond`).
     """
     layers = settings.chosen_layers(loaded.n_layers)
     tokenized = tokenize_prompts(loaded.tokenizer, texts, fmt)
     stop = stop_ids(loaded)
     rows = [Row(p, layer) for p in range(len(texts)) for layer in (INTACT, *layers)]
-    total = 2 * len(rows)  # decoded, then scored
+    total = len(texts) + len(rows)  # intact responses decoded, then every row scored
     clock = Clock()
     responses: dict[tuple[int, int], list[int]] = {}
-    for chunk in chunks(rows, settings.batch_size):
+    for chunk in chunks(range(len(texts)), settings.batch_size):
         start = time.perf_counter()
-        out = decode_rows(
-            loaded, [tokenized[r.prompt] for r in chunk], [r.layer for r in chunk], settings.max_new_tokens, stop
-        )
-        clock.add(time.perf_counter() - start, out)
-        responses.update({(r.prompt, r.layer): tokens for r, tokens in zip(chunk, out, strict=True)})
+        out = greedy_decode(loaded, [tokenized[p] for p in chunk], settings.max_new_tokens, stop)
+        clock.add(time.perf_counter() - start, sum(len(tokens) for tokens in out))
+        responses.update({(p, INTACT): tokens for p, tokens in zip(chunk, out, strict=True)})
         if progress:
             progress(len(responses), total)
 
     records = {(p, INTACT): _record(prompt_ids[p], INTACT, responses[(p, INTACT)], stop) for p in range(len(texts))}
     mismatches = 0
     intact: dict[int, Scored] = {}  # teacher-forced intact distributions of the prompts in flight
-    done = len(rows)
+    done = len(texts)
     for chunk in chunks(rows, settings.batch_size):
         missing = sorted({r.prompt for r in chunk} - intact.keys())
         if missing:
@@ -347,17 +440,20 @@ def run_ablation(
                 mismatches += greedy_mismatches(intact[p].logprobs, intact[p].targets, intact[p].valid)
         ablated = [r for r in chunk if r.layer != INTACT]
         if ablated:
-            logprobs, _, _ = score_rows(
+            logprobs, own = score_and_respond(
                 loaded,
                 [tokenized[r.prompt] for r in ablated],
                 [responses[(r.prompt, INTACT)] for r in ablated],
                 [r.layer for r in ablated],
+                settings.max_new_tokens,
+                stop,
+                clock,
             )
             for i, r in enumerate(ablated):
                 base = intact[r.prompt]
                 n = base.logprobs.shape[1]  # the prompt's own response length (the batch may be wider)
                 kl, drop = divergence(base.logprobs, logprobs[i : i + 1, :n], base.targets, base.valid)
-                tokens = responses[(r.prompt, r.layer)]
+                responses[(r.prompt, r.layer)] = tokens = own[i]
                 metrics = pair_metrics(base.responses, tokens, kl[0], drop[0], stop)
                 records[(r.prompt, r.layer)] = _record(prompt_ids[r.prompt], r.layer, tokens, stop, **metrics)
         # Prompts whose last row was scored are done; keep only the last prompt of the chunk (it may continue).
@@ -368,4 +464,5 @@ def run_ablation(
             progress(done, total)
 
     frame = responses_frame([records[(r.prompt, r.layer)] for r in rows], prompt_ids, texts, loaded.tokenizer)
-    return AblationRun(frame, clock.tokens, clock.seconds, mismatches)
+    generated = sum(len(tokens) for tokens in responses.values())
+    return AblationRun(frame, generated, clock.tokens, clock.seconds, mismatches)

@@ -78,7 +78,7 @@ def timed_generate(
 ) -> list[list[int]]:
     start = time.perf_counter()
     out = generate(loaded, prompts, max_new, stop)
-    clock.add(time.perf_counter() - start, out)
+    clock.add(time.perf_counter() - start, sum(len(tokens) for tokens in out))
     return out
 
 
@@ -131,4 +131,4 @@ def run_ablation_per_layer(
                 metrics = pair_metrics(intact.responses[b], ablated[b], kl[b], drop[b], stop)
                 records.append(_record(pid, layer, ablated[b], stop, **metrics))
     frame = responses_frame(records, prompt_ids, texts, loaded.tokenizer)
-    return AblationRun(frame, clock.tokens, clock.seconds, mismatches)
+    return AblationRun(frame, clock.tokens, clock.tokens, clock.seconds, mismatches)  # every token decoded
