@@ -22,9 +22,12 @@ from kmap.core.stats import bootstrap_indices
 from kmap.core.tables import read_table
 from kmap.methods.ablation.generate import (
     Clock,
+    _kv_cache,
+    continue_decoding,
     decode_rows,
     divergence,
     greedy_decode,
+    left_aligned,
     run_ablation,
     stop_ids,
     teacher_forced,
@@ -148,6 +151,28 @@ def test_batched_ablation_equals_per_layer_generation(tiny: LoadedModel, batch_s
         np.testing.assert_allclose(a[name].to_numpy(), b[name].to_numpy(), rtol=1e-5, atol=1e-6)
     assert new.generated_tokens == old.generated_tokens and new.greedy_mismatches == old.greedy_mismatches == 0
     assert (a.loc[(slice(None), range(tiny.n_layers)), "kl"] > 0).all()
+
+
+@pytest.mark.parametrize("agreed", [0, 2, 4])
+def test_decoding_continued_from_the_scoring_pass_equals_decoding_afresh(tiny: LoadedModel, agreed: int) -> None:
+    """Keys and values of a teacher-forced pass (right-padded, rows of different lengths), cut after each prompt and
+    ``agreed`` response tokens and re-laid left-padded, continue decoding exactly as decoding that prefix from
+    scratch does; on every architecture, Gemma-3 and GPT-OSS with their 8-token sliding windows included."""
+    prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
+    intact = greedy_decode(tiny, prompts, MAX_NEW, frozenset())
+    cache = _kv_cache()
+    teacher_forced(tiny, prompts, intact, cache)
+    held = torch.tensor([len(p) + agreed for p in prompts])
+    aligned, mask = left_aligned(cache, torch.arange(len(prompts)), held)
+    out = [list(r[: agreed + 1]) for r in intact]  # the next token is fed first, as after a differing argmax
+    step = torch.tensor([[r[agreed]] for r in intact])
+    mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+    continue_decoding(tiny, step, mask, held.view(-1, 1), aligned, out, MAX_NEW, frozenset())
+    fresh = [
+        r[: agreed + 1] + greedy_decode(tiny, [p + r[: agreed + 1]], MAX_NEW - agreed - 1, frozenset())[0]
+        for p, r in zip(prompts, intact, strict=True)
+    ]
+    assert out == fresh == intact
 
 
 def _agreed_prefix(intact: list[int], ablated: list[int]) -> int:
