@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kmap.core.hooks import RowLayers, identity, identity_rows
-from kmap.core.models import LoadedModel
+from kmap.core.models import LoadedModel, load_model
 from kmap.core.provenance import read_provenance
 from kmap.core.spec import ModelSpec
 from kmap.core.stats import bootstrap_indices
@@ -173,6 +173,18 @@ def test_decoding_continued_from_the_scoring_pass_equals_decoding_afresh(tiny: L
         for p, r in zip(prompts, intact, strict=True)
     ]
     assert out == fresh == intact
+
+
+def test_bfloat16_rows_decode_from_their_prompt(tiny_dirs: dict[str, Path]) -> None:
+    """In bfloat16 ties are common and the scoring pass's logits differ from decoding's in the low bits, so a tie
+    could read as a difference: there every ablated row decodes from its prompt. A case found in review: the
+    scoring pass's argmaxes left this response at its third token, where decoding meets a tie."""
+    loaded = load_model(ModelSpec(name="g", kind="tiny", source=str(tiny_dirs["gemma3"]), dtype="bfloat16"))
+    text = ["cough and chest pain and fever"]
+    settings = AblationSettings(max_new_tokens=12, batch_size=4, layers=(1,))
+    new = run_ablation(loaded, ["p"], text, settings).responses.set_index("layer")["tokens"].map(list)
+    old = run_ablation_per_layer(loaded, ["p"], text, settings).responses.set_index("layer")["tokens"].map(list)
+    assert new.to_dict() == old.to_dict()
 
 
 def _agreed_prefix(intact: list[int], ablated: list[int]) -> int:

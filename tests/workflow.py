@@ -83,7 +83,22 @@ class _ForkServer:
 
     def run(self, command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
         with self.lock:
-            return self._run(command, cwd, env, timeout)
+            try:
+                return self._run(command, cwd, env, timeout)
+            except BaseException:
+                # Interrupted mid-call (Ctrl-C, a broken reply): the pipe may hold a late reply, so the next call
+                # starts a fresh server. Its running child, in its own session, is killed with it.
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for pid in _children(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def _run(self, command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
         proc = self._start()
@@ -110,6 +125,16 @@ class _ForkServer:
         if expired.is_set():
             raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
         return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 _FORK_SERVER = _ForkServer()

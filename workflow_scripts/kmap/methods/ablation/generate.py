@@ -337,6 +337,7 @@ def score_and_respond(
     max_new_tokens: int,
     stop: frozenset[int],
     clock: Clock,
+    read_from_pass: bool = True,
 ) -> tuple[Tensor, list[list[int]]]:
     """Row ``b`` with layer ``layers[b]`` ablated: its teacher-forced log-softmax through its prompt's intact
     response ``intact[b]`` ([B, N, V], as :func:`score_rows`), and its own greedy response.
@@ -345,7 +346,16 @@ def score_and_respond(
     position where its argmax differs from the intact token, so up to there its tokens are the pass's argmaxes;
     from there it continues decoding from the pass's own keys and values. A row that never differs gives the
     intact response. Only the continuation decodes (timed by ``clock``).
+
+    That holds where the pass and decoding compute the same logits to far below the gap between the two best
+    tokens: in float32. In bfloat16 or float16 ties are common and the two computations differ in the low bits,
+    so a tie could read as a difference; ``read_from_pass=False`` then decodes every row from its prompt.
     """
+    if not read_from_pass:
+        start = time.perf_counter()
+        out = decode_rows(loaded, prompts, layers, max_new_tokens, stop)
+        clock.add(time.perf_counter() - start, sum(len(tokens) for tokens in out))
+        return score_rows(loaded, prompts, intact, layers)[0], out
     rows = RowLayers(torch.tensor(list(layers)))
     cache = _kv_cache()
     with identity_rows(loaded.parts.layers, rows):
@@ -370,6 +380,7 @@ def score_and_respond(
             # The cache holds the prompt and the agreed prefix; the differing token is fed next.
             held = torch.tensor([len(prompts[b]) + len(out[b]) - 1 for b in todo])
             aligned, mask = left_aligned(cache, keep, held)
+            del cache  # the rows that decode on hold a copy; the logits stay
             rows.select(keep)
             step = torch.tensor([[out[b][-1]] for b in todo])
             mask = torch.cat([mask, mask.new_ones((len(todo), 1))], dim=1)
@@ -405,13 +416,14 @@ def run_ablation(
     The intact responses decode first, ``settings.batch_size`` prompts at a time. Then every (prompt, ablated
     layer) variant is a row, ``batch_size`` rows at a time, prompt by prompt: each row is teacher-forced through
     its prompt's intact response, and its own greedy response decodes only from where it leaves the intact one
-    (:func:`score_and_respond`).
+    (:func:`score_and_respond`; float32 models only, others decode every row).
     """
     layers = settings.chosen_layers(loaded.n_layers)
     tokenized = tokenize_prompts(loaded.tokenizer, texts, fmt)
     stop = stop_ids(loaded)
     rows = [Row(p, layer) for p in range(len(texts)) for layer in (INTACT, *layers)]
     total = len(texts) + len(rows)  # intact responses decoded, then every row scored
+    read_from_pass = loaded.model.dtype == torch.float32  # see score_and_respond
     clock = Clock()
     responses: dict[tuple[int, int], list[int]] = {}
     for chunk in chunks(range(len(texts)), settings.batch_size):
@@ -448,6 +460,7 @@ def run_ablation(
                 settings.max_new_tokens,
                 stop,
                 clock,
+                read_from_pass,
             )
             for i, r in enumerate(ablated):
                 base = intact[r.prompt]
@@ -464,5 +477,4 @@ def run_ablation(
             progress(done, total)
 
     frame = responses_frame([records[(r.prompt, r.layer)] for r in rows], prompt_ids, texts, loaded.tokenizer)
-    generated = sum(len(tokens) for tokens in responses.values())
-    return AblationRun(frame, generated, clock.tokens, clock.seconds, mismatches)
+    return AblationRun(frame, int(frame["n_tokens"].sum()), clock.tokens, clock.seconds, mismatches)
