@@ -15,14 +15,13 @@ import pytest
 import torch
 
 from kmap.core.hooks import RowLayers, identity, identity_rows
-from kmap.core.models import LoadedModel, load_model
+from kmap.core.models import LoadedModel, full_kv_cache, load_model
 from kmap.core.provenance import read_provenance
 from kmap.core.spec import ModelSpec
 from kmap.core.stats import bootstrap_indices
 from kmap.core.tables import read_table
 from kmap.methods.ablation.generate import (
     Clock,
-    _kv_cache,
     continue_decoding,
     decode_rows,
     divergence,
@@ -160,7 +159,7 @@ def test_decoding_continued_from_the_scoring_pass_equals_decoding_afresh(tiny: L
     scratch does; on every architecture, Gemma-3 and GPT-OSS with their 8-token sliding windows included."""
     prompts = tokenize_prompts(tiny.tokenizer, TEXTS)
     intact = greedy_decode(tiny, prompts, MAX_NEW, frozenset())
-    cache = _kv_cache()
+    cache = full_kv_cache()
     teacher_forced(tiny, prompts, intact, cache)
     held = torch.tensor([len(p) + agreed for p in prompts])
     aligned, mask = left_aligned(cache, torch.arange(len(prompts)), held)

@@ -251,6 +251,16 @@ def require_devices(gpus: int, memory_mib: int = 0, memories_mib: list[float] | 
         )
 
 
+def full_kv_cache() -> Any:
+    """An empty KV cache whose every layer keeps every position, for forwards that later continue from an earlier
+    position (patching's corrupted prefix, ablation's decoding on from its scoring pass). A cache built from the
+    model's config gives sliding-window layers a window-sized cache, which would drop positions those
+    continuations still attend to; the sliding mask is applied from positions either way."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def encode(
     tokenizer: Any, texts: list[str], device: torch.device | None = None, add_special_tokens: bool = True
 ) -> dict[str, Tensor]:

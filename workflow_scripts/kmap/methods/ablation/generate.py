@@ -36,7 +36,7 @@ from torch import Tensor
 
 from kmap.core.batches import pad_batch
 from kmap.core.hooks import RowLayers, identity_rows
-from kmap.core.models import LoadedModel
+from kmap.core.models import LoadedModel, full_kv_cache
 from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
 
@@ -303,14 +303,6 @@ def score_rows(
         return teacher_forced(loaded, prompts, responses)
 
 
-def _kv_cache() -> Any:
-    from transformers import DynamicCache
-
-    # No config: every layer keeps every position (a sliding-window layer's cache would drop early ones that
-    # decoding from an earlier position still attends to; the sliding mask comes from positions either way).
-    return DynamicCache()
-
-
 def left_aligned(cache: Any, keep: Tensor, lengths: Tensor) -> tuple[Any, Tensor]:
     """Rows ``keep`` of a right-padded cache, each with its first ``lengths[j]`` positions, laid out left-padded
     as greedy decoding holds them (gaps between positions unchanged, so sliding windows see what they would);
@@ -319,7 +311,7 @@ def left_aligned(cache: Any, keep: Tensor, lengths: Tensor) -> tuple[Any, Tensor
     source = torch.arange(width)[None, :] - (width - lengths)[:, None]
     mask = (source >= 0).long()
     source = source.clamp_min(0)  # padding columns copy position 0; the mask hides them
-    aligned = _kv_cache()
+    aligned = full_kv_cache()
     for index, layer in enumerate(cache.layers):
         picked = []
         for tensor in (layer.keys, layer.values):
@@ -357,7 +349,7 @@ def score_and_respond(
         clock.add(time.perf_counter() - start, sum(len(tokens) for tokens in out))
         return score_rows(loaded, prompts, intact, layers)[0], out
     rows = RowLayers(torch.tensor(list(layers)))
-    cache = _kv_cache()
+    cache = full_kv_cache()
     with identity_rows(loaded.parts.layers, rows):
         logprobs, targets, _ = teacher_forced(loaded, prompts, intact, cache)
         greedy, targets = logprobs.argmax(dim=-1).cpu(), targets.cpu()

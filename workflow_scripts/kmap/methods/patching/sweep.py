@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from kmap.core.batches import pad_batch
 from kmap.core.hooks import capture, overwrite
-from kmap.core.models import LoadedModel
+from kmap.core.models import LoadedModel, full_kv_cache
 from kmap.core.tables import EMBEDDINGS
 from kmap.methods.patching.pairs import PreparedPair
 
@@ -83,14 +83,6 @@ def answer_ld(logits: Tensor, rows: Tensor, answer: Tensor, foil: Tensor) -> Ten
     return picked[index, answer.to(picked.device)] - picked[index, foil.to(picked.device)]
 
 
-def _kv_cache() -> Any:
-    from transformers import DynamicCache
-
-    # No config: every layer keeps all positions (a sliding-window layer's cache would drop the early ones the
-    # patched suffix still needs; the sliding mask is applied from absolute positions either way).
-    return DynamicCache()
-
-
 def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
     """The clean and the corrupted run of a batch of pairs: layer outputs, corrupted keys/values, LDs."""
     pad = loaded.tokenizer.pad_token_id
@@ -104,7 +96,7 @@ def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
     with torch.inference_mode():
         with capture(layers, lambda h: h, which) as clean_store:
             clean_logits = loaded.model(input_ids=clean_ids, attention_mask=mask, use_cache=False).logits
-        cache = _kv_cache()
+        cache = full_kv_cache()
         with capture(layers, lambda h: h, which) as corrupted_store:
             corrupted_logits = loaded.model(
                 input_ids=corrupted_ids, attention_mask=mask, cache=cache, use_cache=True
@@ -197,7 +189,7 @@ def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool) -> Pat
 def _prefix_cache(batch: PatchBatch, layer: int) -> Any:
     """A KV cache holding the corrupted prefix; layers up to ``layer`` are skipped, so theirs is a zero-stride
     placeholder of the right length (the cache's length is read from layer 0)."""
-    cache = _kv_cache()
+    cache = full_kv_cache()
     for index, (keys, values) in enumerate(batch.prefix_kv):
         if index <= layer:
             keys, values = keys[:, :, :, :1].expand_as(keys), values[:, :, :, :1].expand_as(values)
