@@ -20,10 +20,11 @@ rule saliency:
         "../envs/gpu.yaml"
     threads: planned("gradient", "cpus")
     resources:
-        **model_resources("gradient"),
+        **model_resources("gradient", "saliency"),
     params:
         model=spec_dict,
-        settings=config["saliency"],
+        # batch_size is a resource, not a param: it never changes values, so it must not trigger reruns.
+        settings=without_batch_size("saliency"),
         prompts_dir=PROMPTS,
         prompt_format=formatted("saliency"),
         code=code("saliency"),

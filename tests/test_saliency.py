@@ -15,6 +15,7 @@ from kmap.core.models import LoadedModel, load_model
 from kmap.core.spec import ModelSpec
 from kmap.core.stats import bootstrap_indices
 from kmap.core.tokens import continuation
+from kmap.methods.saliency import batched
 from kmap.methods.saliency.measure import experts_of, gradient_sums, measured_parameters, run_saliency
 from kmap.methods.saliency.settings import METRICS, SaliencyRun, SaliencySettings
 from kmap.methods.saliency.summary import per_prompt, summarise
@@ -217,3 +218,19 @@ def test_overflow_is_reported_with_prompt_and_layers_never_averaged(tiny: Loaded
         run_saliency(model, PROMPTS.head(2), SaliencySettings())
     # The failed run left no gradient state behind.
     assert not any(p.requires_grad for p in model.model.parameters())
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_batched_backward_equals_one_prompt_per_backward(tiny: LoadedModel, batch_size: int) -> None:
+    """Each prompt's gradient formed from its own rows of a padded batch equals its own backward; GPT-OSS
+    (attention sinks, stacked experts) is measured one prompt at a time whatever the batch size."""
+    hooks = sum(len(m._forward_hooks) for m in tiny.model.modules())
+    one = run_saliency(tiny, PROMPTS, SaliencySettings(batch_size=1))
+    many = run_saliency(tiny, PROMPTS, SaliencySettings(batch_size=batch_size))
+    assert (batched.owners(tiny) is None) == (tiny.model.config.model_type == "gpt_oss")
+    assert many.ids == one.ids
+    np.testing.assert_array_equal(many.counts, one.counts)
+    np.testing.assert_allclose(many.losses, one.losses, rtol=1e-6)
+    np.testing.assert_allclose(many.sums, one.sums, rtol=1e-5)
+    assert (many.sums > 0).all()
+    assert sum(len(m._forward_hooks) for m in tiny.model.modules()) == hooks  # ours removed

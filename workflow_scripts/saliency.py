@@ -15,7 +15,8 @@ from kmap.methods.saliency.settings import SaliencySettings
 
 
 def main(job: Job) -> None:
-    settings = SaliencySettings(**job.section("settings"))
+    # On a retry (e.g. after CUDA out-of-memory) batch_size is halved; the values do not depend on it.
+    settings = SaliencySettings(**job.section("settings", batch_size=job.smk.resources.batch_size))
     frame = load_prompt_set(job.domain, job.params["prompts_dir"]).frame
     # Weight gradients need real weights: quantized checkpoints are loaded dequantized (the GPU plan's
     # gradient stage budgets for that).
@@ -25,8 +26,16 @@ def main(job: Job) -> None:
     started = time.perf_counter()
     run = run_saliency(loaded, frame, settings, job.progress("prompts"), prompt_format_for_job(job, loaded))
     seconds = time.perf_counter() - started
-    job.log.info("%d prompts in %.1f s (%.2f prompts/s)", len(run.ids), seconds, len(run.ids) / max(seconds, 1e-9))
-    job.note(measured_layer0=measured, seconds=round(seconds, 2), n_prompts=len(run.ids))
+    job.log.info(
+        "%d prompts in %.1f s (%.2f prompts/s, %s)",
+        len(run.ids),
+        seconds,
+        len(run.ids) / max(seconds, 1e-9),
+        f"{run.batch_size} per backward" if run.batch_size > 1 else "one per backward",
+    )
+    job.note(
+        measured_layer0=measured, seconds=round(seconds, 2), n_prompts=len(run.ids), prompts_per_backward=run.batch_size
+    )
     job.write_frame(run.table(), job.smk.output.raw)
 
 

@@ -1,16 +1,19 @@
 """Weight-gradient saliency: how strongly each layer's weights move the loss of the expected continuation.
 
 Per prompt, loss = −log p(target | prompt), the mean over the target's tokens (" " + target as the tokenizer
-splits it after the prompt). One backward per prompt (a batch of one, so every prompt has its own value for
-the bootstrap); only the measured parameters require gradients. Per layer:
+splits it after the prompt), each prompt with its own gradient (its own value for the bootstrap): batches
+of prompts whose per-prompt gradients are formed in the backward (``kmap.methods.saliency.batched``) where
+the model allows it, else one backward per prompt in which only the measured parameters require gradients.
+Per layer:
 
 - ``saliency_attention``: mean |∂loss/∂w| over every parameter of the attention module (weights, biases, and
   what else lives there: Gemma's q/k norms, GPT-OSS's sinks);
 - ``saliency_mlp``: the same over the MLP module;
 - ``saliency_combined``: both together, i.e. the parameter-weighted mean.
 
-Each parameter's gradient is consumed as soon as it is accumulated (a post-accumulate-grad hook adds its
-|grad| sum to its layer's accumulator and frees it), so gradient memory stays at one tensor.
+One prompt per backward: each parameter's gradient is consumed as soon as it is accumulated (a
+post-accumulate-grad hook adds its |grad| sum to its layer's accumulator and frees it), so gradient memory
+stays at one tensor.
 
 Mixture of experts (*ours*): an MLP with an ``experts`` child storing all experts in stacked tensors
 (GPT-OSS, Qwen3-MoE in transformers 5) averages its expert parameters over the experts the router selected
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 
 from kmap.core.models import LoadedModel
 from kmap.core.prompt_format import RAW, PromptFormat
+from kmap.methods.saliency import batched
 from kmap.methods.saliency.settings import PARTS, SaliencyRun, SaliencySettings
 
 Progress = Callable[[int, int], None]
@@ -89,10 +93,12 @@ def routed_ids(args: tuple, kwargs: dict) -> Tensor:
 
 
 @contextlib.contextmanager
-def gradient_sums(loaded: LoadedModel, measured: list[Measured]) -> Iterator[None]:
+def gradient_sums(loaded: LoadedModel, measured: list[Measured], hooks: bool = True) -> Iterator[None]:
     """Gradients on for the measured parameters only, consumed into ``Measured.total`` as they accumulate.
 
-    Every hook and the ``requires_grad`` flags are undone on exit, also after an error.
+    Refuses weights without gradients (quantized) first. With ``hooks=False`` (the batched path, where no
+    weight requires a gradient) it only does that check. Every hook and the ``requires_grad`` flags are undone
+    on exit, also after an error.
     """
     handles = []
 
@@ -114,9 +120,11 @@ def gradient_sums(loaded: LoadedModel, measured: list[Measured]) -> Iterator[Non
                             f"layer {target.layer} {target.part}: {param.dtype} weights have no gradient; "
                             "saliency needs dequantized weights (load the model with quantization 'none')"
                         )
+                    if not hooks:
+                        continue
                     param.requires_grad_(True)
                     handles.append(param.register_post_accumulate_grad_hook(consume(target, stacked)))
-            if target.experts:
+            if target.experts and hooks:
                 experts = experts_of(loaded.parts.mlp(target.layer))
 
                 def record(module: nn.Module, args: tuple, kwargs: dict, target: Measured = target) -> None:
@@ -175,27 +183,55 @@ def run_saliency(
     progress: Progress | None = None,
     fmt: PromptFormat = RAW,
 ) -> SaliencyRun:
-    """One forward and backward per prompt of ``frame`` (columns id, text, target), formatted by ``fmt``."""
+    """Per-prompt saliency of ``frame`` (columns id, text, target), formatted by ``fmt``: ``settings.batch_size``
+    prompts per forward and backward where every measured weight's owner allows it (``batched.owners``), else
+    one prompt per backward. Both give each prompt its own gradient."""
     rows = frame.iloc[chosen_rows(len(frame), settings.max_prompts)]
+    ids = rows["id"].astype(str).tolist()
+    prompts = [fmt.ids(loaded.tokenizer, text) for text in rows["text"]]
+    pairs = zip(rows["text"], rows["target"], strict=True)
+    targets = [fmt.continuation(loaded.tokenizer, text, target) for text, target in pairs]
     measured = measured_parameters(loaded)
-    sums, counts, losses = [], [], []
-    with gradient_sums(loaded, measured):
-        pairs = zip(rows["id"].astype(str), rows["text"], rows["target"], strict=True)
-        for done, (prompt_id, text, target) in enumerate(pairs, start=1):
-            prompt = fmt.ids(loaded.tokenizer, text)
-            s, c, loss = prompt_saliency(loaded, measured, prompt, fmt.continuation(loaded.tokenizer, text, target))
-            if not (np.isfinite(loss) and np.isfinite(s).all()):
-                bad = sorted({int(layer) for layer in np.nonzero(~np.isfinite(s))[0]})
-                raise FloatingPointError(
-                    f"saliency: prompt {prompt_id!r}: non-finite loss ({loss}) or gradients at layers {bad}; "
-                    "never averaged in. The usual cause is float16 overflow: load the model in bfloat16 or float32"
+    found = batched.owners(loaded) if settings.batch_size > 1 else None
+    sums = np.zeros((len(rows), loaded.n_layers, len(PARTS)))
+    counts = np.zeros_like(sums)
+    losses = np.zeros(len(rows))
+    done = 0
+    with gradient_sums(loaded, measured, hooks=found is None):
+        if found is None:
+            for row in range(len(rows)):
+                sums[row], counts[row], losses[row] = prompt_saliency(loaded, measured, prompts[row], targets[row])
+                check_finite(ids[row], sums[row], losses[row])
+                done += 1
+                if progress is not None:
+                    progress(done, len(rows))
+        else:
+            dense = np.zeros((loaded.n_layers, len(PARTS)))
+            for m in measured:
+                dense[m.layer, PARTS.index(m.part)] = m.dense_count()
+            # Similar lengths together: less padding (values do not depend on the batches).
+            order = sorted(range(len(rows)), key=lambda row: len(prompts[row]) + len(targets[row]))
+            for start in range(0, len(order), settings.batch_size):
+                chunk = order[start : start + settings.batch_size]
+                s, loss = batched.batch_saliency(
+                    loaded, found, [prompts[r] for r in chunk], [targets[r] for r in chunk]
                 )
-            sums.append(s)
-            counts.append(c)
-            losses.append(loss)
-            if progress is not None:
-                progress(done, len(rows))
-    return SaliencyRun(rows["id"].astype(str).tolist(), np.array(sums), np.array(counts), np.array(losses))
+                for k, row in sorted(enumerate(chunk), key=lambda item: item[1]):
+                    check_finite(ids[row], s[k], loss[k])
+                sums[chunk], counts[chunk], losses[chunk] = s, dense, loss
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(rows))
+    return SaliencyRun(ids, sums, counts, losses, 1 if found is None else settings.batch_size)
+
+
+def check_finite(prompt_id: str, sums: np.ndarray, loss: float) -> None:
+    if not (np.isfinite(loss) and np.isfinite(sums).all()):
+        bad = sorted({int(layer) for layer in np.nonzero(~np.isfinite(sums))[0]})
+        raise FloatingPointError(
+            f"saliency: prompt {prompt_id!r}: non-finite loss ({loss}) or gradients at layers {bad}; "
+            "never averaged in. The usual cause is float16 overflow: load the model in bfloat16 or float32"
+        )
 
 
 def describe(loaded: LoadedModel) -> dict[str, Any]:

@@ -19,10 +19,13 @@ class SaliencySettings:
     max_prompts: int = schema_field(
         "saliency", "max_prompts"
     )  # 0: every prompt; else this many, spread evenly over the set (large models)
+    batch_size: int = schema_field("saliency", "batch_size")  # prompts per backward; never changes values
 
     def __post_init__(self) -> None:
         if self.max_prompts < 0:
             raise ValueError("saliency.max_prompts must be >= 0 (0: all prompts)")
+        if self.batch_size < 1:
+            raise ValueError("saliency.batch_size must be >= 1")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class SaliencyRun:
     sums: np.ndarray  # [n_prompts, n_layers, 2] |grad| sums (attention, mlp)
     counts: np.ndarray  # [n_prompts, n_layers, 2] parameters averaged over
     losses: np.ndarray  # [n_prompts]
+    batch_size: int = 1  # prompts per backward (1 where the model's weights allow no batching)
 
     def table(self) -> pd.DataFrame:
         """The raw measurement, one row per (prompt, layer): |grad| sums and parameter counts per part."""
