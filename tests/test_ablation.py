@@ -4,6 +4,7 @@ against independent computations, and the demo model's early-layer sensitivity."
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from kmap.methods.ablation.generate import (
     decode_rows,
     divergence,
     greedy_decode,
+    groups,
     left_aligned,
     run_ablation,
     stop_ids,
@@ -36,6 +38,7 @@ from kmap.methods.ablation.generate import (
 )
 from kmap.methods.ablation.reference import ablate, generate, intact_batch, left_padding, run_ablation_per_layer
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
+from kmap.methods.ablation.sharing import intact_rows_once
 from kmap.methods.ablation.summary import summarise
 from tests.workflow import ablation_summary_job, run_entry
 
@@ -106,6 +109,54 @@ def test_identity_rows_equals_identity_per_row(tiny: LoadedModel) -> None:
             alone = tiny.model(input_ids=ids[:1], use_cache=False).logits[0]
         torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(mixed[1], mixed[0])  # the rows really differ
+
+
+def test_intact_rows_computed_once_per_prompt_equal_every_row_computed(tiny: LoadedModel) -> None:
+    """Teacher-forced pass over every ablated-layer variant of three prompts (variants interleaved): with
+    ``intact_rows_once`` each layer computes one row per prompt for the variants still intact there plus the
+    variants ablated below it, and the log-probabilities and every layer's cached keys and values equal those of
+    computing every row."""
+    tokenized = tokenize_prompts(tiny.tokenizer, TEXTS)
+    stop = stop_ids(tiny)
+    intact = greedy_decode(tiny, tokenized, MAX_NEW, stop)
+    variants = [INTACT, *range(tiny.n_layers)]
+    order = [(p, layer) for layer in variants for p in range(len(TEXTS))]  # rows of a prompt far apart
+    prompts = [tokenized[p] for p, _ in order]
+    responses = [intact[p] for p, _ in order]
+    layers = torch.tensor([layer for _, layer in order])
+    seen: dict[int, list[int]] = {}
+
+    def count(index: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            seen.setdefault(index, []).append(len(kwargs.get("hidden_states", args[0] if args else None)))
+
+        return hook
+
+    results = {}
+    for shared in (False, True):
+        seen.clear()
+        handles = [
+            tiny.parts.attention(i).register_forward_pre_hook(count(i), with_kwargs=True) for i in range(tiny.n_layers)
+        ]
+        rows, cache = RowLayers(layers), full_kv_cache()
+        try:
+            with identity_rows(tiny.parts.layers, rows), contextlib.ExitStack() as stack:
+                if shared:
+                    stack.enter_context(intact_rows_once(tiny.parts.layers, rows, groups(prompts, responses)))
+                logprobs = teacher_forced(tiny, prompts, responses, cache)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        results[shared] = (logprobs, cache, dict(seen))
+    (full, full_cache, full_rows), (once, once_cache, once_rows) = results[False], results[True]
+    assert full_rows == {i: [len(order)] for i in range(tiny.n_layers)}
+    # Layer i: one row per prompt still intact there, plus every row ablating a layer below i.
+    assert once_rows == {i: [len(TEXTS) * (1 + i)] for i in range(tiny.n_layers)}
+    torch.testing.assert_close(once, full, rtol=1e-5, atol=1e-5)
+    for a, b in zip(once_cache.layers, full_cache.layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
+    assert not any("forward" in layer.__dict__ for layer in tiny.parts.layers)  # the wrappers are gone
 
 
 def test_decode_rows_each_row_its_own_layer(tiny: LoadedModel) -> None:

@@ -39,6 +39,7 @@ from kmap.core.hooks import RowLayers, identity_rows
 from kmap.core.models import LoadedModel, full_kv_cache
 from kmap.core.prompt_format import RAW, PromptFormat
 from kmap.methods.ablation.settings import INTACT, PAIR_METRICS, AblationSettings
+from kmap.methods.ablation.sharing import intact_rows_once
 
 Progress = Callable[[int, int], None]
 
@@ -289,7 +290,8 @@ def decode_rows(
 ) -> list[list[int]]:
     """Greedy responses, row ``b`` decoding ``prompts[b]`` with layer ``layers[b]`` ablated (-1: intact)."""
     rows = RowLayers(torch.tensor(list(layers)))
-    with identity_rows(loaded.parts.layers, rows):
+    shared = groups(prompts, [()] * len(prompts))  # the prompt's forward (the first step) is shared
+    with identity_rows(loaded.parts.layers, rows), intact_rows_once(loaded.parts.layers, rows, shared):
         return greedy_decode(loaded, prompts, max_new_tokens, stop, rows)
 
 
@@ -299,8 +301,19 @@ def score_rows(
     """Teacher-forced log-softmax distributions at the response positions, row ``b`` with layer ``layers[b]``
     ablated (-1: intact): ([B, N, V], targets, valid) as :func:`teacher_forced` gives them."""
     rows = RowLayers(torch.tensor(list(layers)))
-    with identity_rows(loaded.parts.layers, rows):
+    with (
+        identity_rows(loaded.parts.layers, rows),
+        intact_rows_once(loaded.parts.layers, rows, groups(prompts, responses)),
+    ):
         return teacher_forced(loaded, prompts, responses)
+
+
+def groups(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> Tensor:
+    """Rows fed the same tokens (a prompt and its intact response) share a group id."""
+    ids: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    return torch.tensor(
+        [ids.setdefault((tuple(p), tuple(r)), len(ids)) for p, r in zip(prompts, responses, strict=True)]
+    )
 
 
 def left_aligned(cache: Any, keep: Tensor, lengths: Tensor) -> tuple[Any, Tensor]:
@@ -351,7 +364,8 @@ def score_and_respond(
     rows = RowLayers(torch.tensor(list(layers)))
     cache = full_kv_cache()
     with identity_rows(loaded.parts.layers, rows):
-        logprobs, targets, _ = teacher_forced(loaded, prompts, intact, cache)
+        with intact_rows_once(loaded.parts.layers, rows, groups(prompts, intact)):
+            logprobs, targets, _ = teacher_forced(loaded, prompts, intact, cache)
         greedy, targets = logprobs.argmax(dim=-1).cpu(), targets.cpu()
         out: list[list[int]] = []
         todo: list[int] = []
