@@ -24,8 +24,9 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_scripts"))  # after installed packages
 
-from kmap.core.models import LoadedModel, load_model  # noqa: E402
-from kmap.core.spec import ModelSpec  # noqa: E402
+from common import load  # noqa: E402
+
+from kmap.core.models import LoadedModel  # noqa: E402
 from kmap.core.tokens import continuation  # noqa: E402
 from kmap.data.prompts import load_prompt_set  # noqa: E402
 from kmap.methods.saliency.measure import run_saliency, target_loss  # noqa: E402
@@ -68,9 +69,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="kmap batch sizes, comma-separated")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(ModelSpec(name="bench", kind="hf", source=args.model, dtype="float32"))
+    loaded = load(args.model, args.device, args.dtype)
     frame = load_prompt_set(args.domain, Path(args.prompts)).frame.head(args.prompts_n)
     texts, targets = frame["text"].tolist(), frame["target"].tolist()
     plain_values = plain_saliency(loaded, texts, targets)
