@@ -77,7 +77,8 @@ def intact_rows_once(layers: nn.ModuleList, rows: RowLayers, groups: Tensor) -> 
             computed, spread = plan
             batch = hidden.shape[0]
             output = original(*_take(args, computed, batch), **_take(kwargs, computed, batch))
-            out = _replace_out(output, _hidden_out(output).index_select(0, spread.to(hidden.device)))
+            produced = _hidden_out(output)  # on the layer's device, which may not be its input's
+            out = _replace_out(output, produced.index_select(0, spread.to(produced.device)))
             if cache is not None and len(cache.layers) > slot:
                 entry = cache.layers[slot]
                 entry.keys = entry.keys.index_select(0, spread.to(entry.keys.device))
