@@ -8,7 +8,7 @@ prompt's rows alone (``dL/dW_b = sum_t g_bt x_bt^T`` for a linear layer) and red
 The prompts of a batch never interact (causal attention, per-token norms, right padding after every prompt's
 last token), so this is the per-prompt value, to float precision, in a fraction of the calls.
 
-Owners handled: ``nn.Linear`` (weight and bias) and parameter-only leaf modules called on one tensor (the
+Owners handled: ``nn.Linear`` itself (weight and bias) and parameter-only leaf modules called on one tensor (the
 RMSNorms of Qwen3's and Gemma's query/key heads), whose per-prompt gradients come from ``torch.func``. A model
 with any other owner (GPT-OSS: attention sinks on the attention module itself, stacked experts) is not
 ``supported``; the caller measures it one prompt at a time.
@@ -57,7 +57,7 @@ def owners(loaded: LoadedModel) -> list[Owner] | None:
             for module in root.modules():
                 if not any(True for _ in module.parameters(recurse=False)):
                     continue
-                if isinstance(module, nn.Linear):
+                if type(module) is nn.Linear:  # exactly x W^T + b (a subclass may compute otherwise)
                     kind = "linear"
                 elif is_leaf_owner(module):
                     kind = "leaf"
