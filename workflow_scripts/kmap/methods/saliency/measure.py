@@ -92,14 +92,24 @@ def routed_ids(args: tuple, kwargs: dict) -> Tensor:
     raise ValueError("no integer router indices among the experts module's inputs")
 
 
+def refuse_quantized(measured: list[Measured]) -> None:
+    """Weight gradients need floating-point weights: stop on any other, naming layer and part."""
+    for target in measured:
+        for param in (*target.dense, *target.experts):
+            if not param.is_floating_point():
+                raise TypeError(
+                    f"layer {target.layer} {target.part}: {param.dtype} weights have no gradient; "
+                    "saliency needs dequantized weights (load the model with quantization 'none')"
+                )
+
+
 @contextlib.contextmanager
-def gradient_sums(loaded: LoadedModel, measured: list[Measured], hooks: bool = True) -> Iterator[None]:
+def gradient_sums(loaded: LoadedModel, measured: list[Measured]) -> Iterator[None]:
     """Gradients on for the measured parameters only, consumed into ``Measured.total`` as they accumulate.
 
-    Refuses weights without gradients (quantized) first. With ``hooks=False`` (the batched path, where no
-    weight requires a gradient) it only does that check. Every hook and the ``requires_grad`` flags are undone
-    on exit, also after an error.
+    Every hook and the ``requires_grad`` flags are undone on exit, also after an error.
     """
+    refuse_quantized(measured)
     handles = []
 
     def consume(target: Measured, stacked: bool) -> Callable[[nn.Parameter], None]:
@@ -115,16 +125,9 @@ def gradient_sums(loaded: LoadedModel, measured: list[Measured], hooks: bool = T
         for target in measured:
             for stacked, params in ((False, target.dense), (True, target.experts)):
                 for param in params:
-                    if not param.is_floating_point():
-                        raise TypeError(
-                            f"layer {target.layer} {target.part}: {param.dtype} weights have no gradient; "
-                            "saliency needs dequantized weights (load the model with quantization 'none')"
-                        )
-                    if not hooks:
-                        continue
                     param.requires_grad_(True)
                     handles.append(param.register_post_accumulate_grad_hook(consume(target, stacked)))
-            if target.experts and hooks:
+            if target.experts:
                 experts = experts_of(loaded.parts.mlp(target.layer))
 
                 def record(module: nn.Module, args: tuple, kwargs: dict, target: Measured = target) -> None:
@@ -197,31 +200,30 @@ def run_saliency(
     counts = np.zeros_like(sums)
     losses = np.zeros(len(rows))
     done = 0
-    with gradient_sums(loaded, measured, hooks=found is None):
-        if found is None:
+    if found is None:
+        with gradient_sums(loaded, measured):
             for row in range(len(rows)):
                 sums[row], counts[row], losses[row] = prompt_saliency(loaded, measured, prompts[row], targets[row])
                 check_finite(ids[row], sums[row], losses[row])
                 done += 1
                 if progress is not None:
                     progress(done, len(rows))
-        else:
-            dense = np.zeros((loaded.n_layers, len(PARTS)))
-            for m in measured:
-                dense[m.layer, PARTS.index(m.part)] = m.dense_count()
-            # Similar lengths together: less padding (values do not depend on the batches).
-            order = sorted(range(len(rows)), key=lambda row: len(prompts[row]) + len(targets[row]))
-            for start in range(0, len(order), settings.batch_size):
-                chunk = order[start : start + settings.batch_size]
-                s, loss = batched.batch_saliency(
-                    loaded, found, [prompts[r] for r in chunk], [targets[r] for r in chunk]
-                )
-                for k, row in sorted(enumerate(chunk), key=lambda item: item[1]):
-                    check_finite(ids[row], s[k], loss[k])
-                sums[chunk], counts[chunk], losses[chunk] = s, dense, loss
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, len(rows))
+    else:
+        refuse_quantized(measured)
+        dense = np.zeros((loaded.n_layers, len(PARTS)))
+        for m in measured:
+            dense[m.layer, PARTS.index(m.part)] = m.dense_count()
+        # Similar lengths together: less padding (values do not depend on the batches).
+        order = sorted(range(len(rows)), key=lambda row: len(prompts[row]) + len(targets[row]))
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start : start + settings.batch_size]
+            s, loss = batched.batch_saliency(loaded, found, [prompts[r] for r in chunk], [targets[r] for r in chunk])
+            for k, row in sorted(enumerate(chunk), key=lambda item: item[1]):
+                check_finite(ids[row], s[k], loss[k])
+            sums[chunk], counts[chunk], losses[chunk] = s, dense, loss
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(rows))
     return SaliencyRun(ids, sums, counts, losses, 1 if found is None else settings.batch_size)
 
 
