@@ -178,7 +178,7 @@ def batch_saliency(
             predicted = logits[row, first : first + len(target)].float()
             labels = torch.tensor(list(target), device=predicted.device)
             losses.append(torch.nn.functional.cross_entropy(predicted, labels))
-        loss = torch.stack([value.to(losses[0].device) for value in losses])
+        loss = torch.stack(losses)  # all on the LM head's device
         loss.sum().backward()
     sums = np.zeros((len(prompts), loaded.n_layers * len(PARTS)))
     for slot, value in enumerate(totals):
