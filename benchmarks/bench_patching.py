@@ -32,7 +32,7 @@ from common import load, random_model
 from kmap.data.prompts import load_pairs
 from kmap.methods.patching.pairs import prepare_pairs
 from kmap.methods.patching.run import patch_jobs
-from kmap.methods.patching.sweep import PairRuns, _first_true, answer_ld, plan_batches, run_pairs, sweep
+from kmap.methods.patching.sweep import PairRuns, answer_ld, copy_prefixes, plan_sweep, run_pairs, sweep
 
 
 def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -58,17 +58,18 @@ def nnsight_sweep(lm, runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, b
 
 def arithmetic_share(runs: PairRuns, rows: torch.Tensor, masks: torch.Tensor, batch_size: int, n_layers: int) -> float:
     """Decoder-layer positions the sweep computes over those the naive loop computes, in the sweep's own batches:
-    patched at layer l it runs layers l+1..L-1 from the batch's first patched position; the naive loop runs all
-    L layers at every position, for each of the L + 1 patch layers. The floor of kmap/naive where compute rules."""
-    first = _first_true(masks, runs.answer_pos[rows])
-    order = torch.argsort(first, stable=True)
+    patched at layer l it runs layers l+1..L-1 for the copies of a batch that neither run gives, from their first
+    recomputed position; the naive loop runs all L layers at every position, for each of the L + 1 patch layers.
+    The floor of kmap/naive where compute rules."""
+    plan = plan_sweep(runs, rows, masks, batch_size)
     width = runs.attention_mask.shape[1]
-    chunks = [order[part] for part in plan_batches(first[order].tolist(), width, batch_size)]
-    swept = sum(
-        len(chunk) * (n_layers - 1 - layer) * (width - int(first[chunk].min()))
-        for chunk in chunks
-        for layer in range(-1, n_layers)
-    )
+    swept = 0
+    for chunk in plan.chunks:
+        for index, layer in enumerate(range(-1, n_layers)):
+            todo = chunk[~plan.known[index, chunk]]
+            if len(todo):
+                start = int(copy_prefixes(runs, rows[todo], masks[todo], layer)[0].min())
+                swept += len(todo) * (n_layers - 1 - layer) * (width - start)
     return swept / ((n_layers + 1) * n_layers * width * len(rows))
 
 
@@ -140,11 +141,9 @@ def main() -> None:
         result[f"{key}_max_abs_ld_diff"] = errors[name]
     result["kmap_over_naive"] = round(kmap / result["naive_s"], 3)
     result["arithmetic_share"] = round(arithmetic_share(runs, rows, masks, args.batch_size, loaded.n_layers), 3)
-    result["forwards_per_layer"] = len(
-        plan_batches(
-            sorted(_first_true(masks, runs.answer_pos[rows]).tolist()), runs.attention_mask.shape[1], args.batch_size
-        )
-    )
+    plan = plan_sweep(runs, rows, masks, args.batch_size)
+    result["forwards_per_layer"] = len(plan.chunks)
+    result["known_copy_share"] = round(float(plan.known.float().mean()), 3)
     if "nnsight_s" in result:
         result["kmap_over_nnsight"] = round(kmap / result["nnsight_s"], 3)
     print(json.dumps(result, indent=1))

@@ -78,27 +78,66 @@ def assert_p(ld: torch.Tensor, runs, expected: float, rows: slice | list[int] = 
     torch.testing.assert_close(p[..., clear], torch.full_like(p[..., clear], expected), atol=1e-5, rtol=0)
 
 
-def test_all_positions_give_p_one_and_nothing_gives_p_zero(tiny: LoadedModel) -> None:
+@pytest.mark.parametrize("naive", [False, True], ids=["sweep", "naive"])
+def test_all_positions_give_p_one_and_nothing_gives_p_zero(tiny: LoadedModel, naive: bool) -> None:
     runs = _runs(tiny)
     rows = torch.arange(len(USABLE))
     everything = runs.attention_mask.bool()
-    restored = sweep(runs, tiny, rows, everything, batch_size=3)
-    untouched = sweep(runs, tiny, rows, torch.zeros_like(everything), batch_size=3)
+    restored = sweep(runs, tiny, rows, everything, batch_size=3, naive=naive)
+    untouched = sweep(runs, tiny, rows, torch.zeros_like(everything), batch_size=3, naive=naive)
     assert restored.shape == (tiny.n_layers + 1, len(USABLE))
     assert_p(restored, runs, 1.0)
     assert_p(untouched, runs, 0.0)
 
 
-def test_position_sets_at_the_ends_of_the_stack(tiny: LoadedModel) -> None:
+@pytest.mark.parametrize("naive", [False, True], ids=["sweep", "naive"])
+def test_position_sets_at_the_ends_of_the_stack(tiny: LoadedModel, naive: bool) -> None:
     """Embeddings: the concept positions are all that differs (P = 1), the last token is the same (P = 0).
-    Last layer: only the answer position reaches the logits (last: P = 1, concept: P = 0)."""
+    Last layer: only the answer position reaches the logits (last: P = 1, concept: P = 0). The naive loop
+    computes these; the sweep takes them from the clean and corrupted runs (``known_lds``)."""
     runs = _runs(tiny)
     rows = torch.arange(len(USABLE))
-    last = sweep(runs, tiny, rows, runs.last_mask(), 4)
-    concept = sweep(runs, tiny, rows, runs.concept_mask(), 4)
+    last = sweep(runs, tiny, rows, runs.last_mask(), 4, naive=naive)
+    concept = sweep(runs, tiny, rows, runs.concept_mask(), 4, naive=naive)
     for curve, first, final in ((last, 0.0, 1.0), (concept, 1.0, 0.0)):
         assert_p(curve[0], runs, first)
         assert_p(curve[-1], runs, final)
+
+
+def test_sweep_runs_only_copies_that_neither_run_already_gives(tiny: LoadedModel) -> None:
+    """A copy is the clean (corrupted) run where every position that matters holds the clean (corrupted) run's
+    state: at the embeddings, its patched tokens are the clean (corrupted) prompt's; at a decoder layer, it
+    patches every (no) position from the pair's first differing token to the answer; at the last layer, it does
+    (not) patch the answer position. Only the other copies run."""
+    runs = _runs(tiny)
+    real = runs.attention_mask.bool()
+    generator = torch.Generator().manual_seed(0)
+    random_sets = (torch.rand(real.shape, generator=generator) < 0.5) & real
+    rows = torch.arange(len(USABLE)).repeat(5)
+    tails = real & (torch.arange(real.shape[1]) >= torch.tensor([p.concept[0] for p in runs.pairs]).unsqueeze(1))
+    masks = torch.cat([runs.last_mask(), runs.concept_mask(), random_sets, tails, tails & ~runs.concept_mask()])
+    unknown = {}  # per layer, the copies that must run (an independent reading of the rules above)
+    for j, (row, mask) in enumerate(zip(rows.tolist(), masks.tolist(), strict=True)):
+        pair, n = runs.pairs[row], int(real[row].sum())
+        patched = tuple(pair.clean[i] if mask[i] else pair.corrupted[i] for i in range(n))
+        if patched not in (pair.clean, pair.corrupted):
+            unknown.setdefault(-1, []).append(j)
+        if 0 < sum(mask[pair.concept[0] : n]) < n - pair.concept[0]:
+            unknown.setdefault(0, []).append(j)
+    assert 0 < len(unknown[-1]) < len(unknown[0]) < len(rows)  # each case occurs
+    computed: list[int] = []
+    handle = tiny.model.register_forward_pre_hook(
+        lambda module, args, kwargs: computed.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    try:
+        fast = sweep(runs, tiny, rows, masks, batch_size=64)
+    finally:
+        handle.remove()
+    assert sum(computed) == len(unknown[-1]) + len(unknown[0]) * (tiny.n_layers - 1)
+    torch.testing.assert_close(fast, sweep(runs, tiny, rows, masks, batch_size=64, naive=True), atol=1e-5, rtol=0)
+    gives_clean = masks[torch.arange(len(rows)), runs.answer_pos[rows]]
+    expected_last = torch.where(gives_clean, runs.ld_clean[rows], runs.ld_corrupted[rows])
+    torch.testing.assert_close(fast[-1], expected_last, atol=0, rtol=0)
 
 
 def test_fast_sweep_equals_naive_per_layer_loop(tiny: LoadedModel) -> None:

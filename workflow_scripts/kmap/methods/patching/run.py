@@ -8,9 +8,11 @@ Per used pair and layer, P = (LD_patched − LD_corrupted) / (LD_clean − LD_co
 - ``P_median_<variant>``: median of per-pair P (robust to pairs whose denominator is small).
 
 Values outside [0, 1] are kept (overshoot is real). Layer -1 is the embedding output: there ``concept``
-patching reruns the clean prompt (P = 1) and ``last`` changes nothing (the last tokens are equal, P = 0), so
-the curves start from their two extremes. Pairs are excluded, and counted, when the tokenizer gives unequal
-lengths or unusable answers (``patching.prepare_pair``) or when |LD_clean − LD_corrupted| < ``min_gap``.
+patching is the clean prompt (P = 1) and ``last`` changes nothing (the last tokens are equal, P = 0), so the
+curves start from their two extremes; at the last layer they end at the opposite ones (the sweep takes these
+from the clean and corrupted runs, ``kmap.methods.patching.sweep.known_lds``). Pairs are excluded, and counted,
+when the tokenizer gives unequal lengths or unusable answers (``patching.prepare_pair``) or when
+|LD_clean − LD_corrupted| < ``min_gap``.
 """
 
 from __future__ import annotations

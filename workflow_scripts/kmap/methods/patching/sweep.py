@@ -1,15 +1,18 @@
 """Activation patching: the exact, fast layer sweep (pairs are prepared in ``kmap.methods.patching.pairs``).
 
-Per pair, the clean and the corrupted prompt run once each (``run_pairs``); the clean run's layer outputs, the
-corrupted run's layer outputs and the corrupted run's keys/values are kept. A patched run at layer l is the
-corrupted run with layer l's output replaced by the clean one at chosen positions. ``patched_ld`` computes it
-without recomputing what the patch cannot change:
+Per pair, the clean and the corrupted prompt run once each (``run_pairs``); both runs' layer outputs and
+keys/values are kept. A patched run at layer l is the corrupted run with layer l's output replaced by the clean
+one at chosen positions. ``patched_ld`` computes it without recomputing what the patch cannot change:
 
 - layers 0..l are not run: their ``forward`` temporarily returns its input (layers < l) or the prepared
   patched residual (layer l); the base model still builds embeddings, rotary tables and masks (cheap);
-- positions before the first patched one are not run either: in a causal model their states equal the
-  corrupted run's at every layer, so the corrupted keys/values stand in for them (a KV cache), and only the
-  suffix from the first patched position is computed;
+- leading positions that the patch leaves as one of the two runs are not run either: in a causal model a
+  position whose own and earlier states at layer l are all the corrupted run's (not patched, or equal in both
+  runs) keeps the corrupted run's states at every layer above, and one whose states are all the clean run's
+  (patched, or equal) keeps the clean run's; that run's keys/values stand in for them (a KV cache), and only
+  the suffix after the longer such prefix is computed (``copy_prefixes``);
+- copies whose prefix reaches the answer position are that run, and are not run at all (``known_lds``); so is
+  every copy at the last layer, since only the answer position's output reaches the logits there;
 - patched copies of many pairs, positions and position sets go through one forward per layer.
 
 ``naive_patched_ld`` is the reference: a full corrupted forward per layer with ``hooks.overwrite``. The two
@@ -52,12 +55,17 @@ class PairRuns:
     foil: Tensor
     clean_resid: dict[int, Tensor]  # per layer (-1: embeddings), [B, T, d]
     corrupted_resid: dict[int, Tensor]
-    corrupted_kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values [B, heads, T, head_dim]
+    clean_kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values [B, heads, T, head_dim]
+    corrupted_kv: list[tuple[Tensor, Tensor]]
     ld_clean: Tensor  # [B], float32
     ld_corrupted: Tensor
 
     def concept_mask(self) -> Tensor:
         return (self.clean_ids != self.corrupted_ids) & self.attention_mask.bool()
+
+    def first_difference(self) -> Tensor:
+        """[B]: each pair's first differing position; before it both runs are equal at every layer."""
+        return _first_true(self.concept_mask(), torch.full_like(self.answer_pos, self.attention_mask.shape[1]))
 
     def last_mask(self) -> Tensor:
         mask = torch.zeros_like(self.attention_mask, dtype=torch.bool)
@@ -93,14 +101,17 @@ def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
     foil = torch.tensor([p.foil for p in pairs], device=loaded.device)
     layers = loaded.parts.layers
     which = range(EMBEDDINGS, len(layers))
+    caches = full_kv_cache(), full_kv_cache()
     with torch.inference_mode():
         with capture(layers, lambda h: h, which) as clean_store:
-            clean_logits = loaded.model(input_ids=clean_ids, attention_mask=mask, use_cache=False).logits
-        cache = full_kv_cache()
+            clean_logits = loaded.model(
+                input_ids=clean_ids, attention_mask=mask, cache=caches[0], use_cache=True
+            ).logits
         with capture(layers, lambda h: h, which) as corrupted_store:
             corrupted_logits = loaded.model(
-                input_ids=corrupted_ids, attention_mask=mask, cache=cache, use_cache=True
+                input_ids=corrupted_ids, attention_mask=mask, cache=caches[1], use_cache=True
             ).logits
+    clean_kv, corrupted_kv = ([(c.layers[i].keys, c.layers[i].values) for i in range(len(layers))] for c in caches)
     return PairRuns(
         pairs=list(pairs),
         clean_ids=clean_ids,
@@ -111,7 +122,8 @@ def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
         foil=foil,
         clean_resid=dict(clean_store),
         corrupted_resid=dict(corrupted_store),
-        corrupted_kv=[(cache.layers[i].keys, cache.layers[i].values) for i in range(len(layers))],
+        clean_kv=clean_kv,
+        corrupted_kv=corrupted_kv,
         ld_clean=answer_ld(clean_logits, answer_pos, answer, foil),
         ld_corrupted=answer_ld(corrupted_logits, answer_pos, answer, foil),
     )
@@ -169,21 +181,76 @@ def _first_true(mask: Tensor, fallback: Tensor) -> Tensor:
     return torch.where(first == width, fallback.to(first.device), first)
 
 
+def copy_prefixes(runs: PairRuns, rows: Tensor, masks: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+    """Per patched copy at ``layer``: how many leading positions hold one of the two runs' states at every layer
+    above, and which run (start [J], from_clean [J] bool); start = the width: every position that matters.
+
+    A position holds the corrupted run's state at ``layer`` when it is not patched or both runs agree there, the
+    clean run's when it is patched or both agree. Both runs agree before the pair's first differing token at
+    every layer, and at the embeddings (-1) wherever the tokens are equal, since an embedding depends on its
+    token (and position) only. In a causal model a prefix that holds one run's states keeps them in every layer
+    above. Padding (after the answer position) never matters.
+    """
+    real = runs.attention_mask[rows].bool()
+    masks = masks.to(real.device)
+    width = real.shape[1]
+    if layer == EMBEDDINGS:
+        agree = runs.clean_ids[rows] == runs.corrupted_ids[rows]
+    else:
+        agree = torch.arange(width, device=real.device) < runs.first_difference()[rows].unsqueeze(1)
+    end = torch.full((len(rows),), width, device=real.device)
+    clean_until = _first_true(real & ~(masks | agree), end)
+    corrupted_until = _first_true(real & masks & ~agree, end)
+    from_clean = clean_until > corrupted_until
+    return torch.where(from_clean, clean_until, corrupted_until), from_clean
+
+
+def known_lds(runs: PairRuns, rows: Tensor, masks: Tensor, layer: int, last_layer: int) -> tuple[Tensor, Tensor]:
+    """Copies whose patched LD is the clean or the corrupted run's, exactly: (known [J] bool, LD [J] float32).
+
+    - A copy whose prefix of one run's states (``copy_prefixes``) reaches the answer position is that run: at the
+      embeddings a copy whose patched tokens are the clean (or the corrupted) prompt's; at any layer a copy that
+      patches every position from the first differing one on, or none of them.
+    - At the last layer the logits at the answer position read that position's output alone (final norm and LM
+      head act per position), so a copy is the clean run if it patches the answer position, else the corrupted.
+    """
+    clean, corrupted = runs.ld_clean[rows], runs.ld_corrupted[rows]
+    if layer == last_layer:
+        patched_answer = masks[torch.arange(len(rows), device=masks.device), runs.answer_pos[rows].to(masks.device)]
+        return torch.ones_like(patched_answer), torch.where(patched_answer.to(clean.device), clean, corrupted)
+    start, from_clean = copy_prefixes(runs, rows, masks, layer)
+    return start == runs.attention_mask.shape[1], torch.where(from_clean.to(clean.device), clean, corrupted)
+
+
 @dataclass
 class PatchBatch:
     """Patched copies run together: copy j is pair ``rows[j]`` with clean values at ``masks[j]``."""
 
     rows: Tensor  # [J]
     masks: Tensor  # [J, T]
-    start: int  # first recomputed position: positions before it come from the corrupted cache
-    prefix_kv: list[tuple[Tensor, Tensor]]  # per layer, the corrupted keys/values of positions < start
+    start: int  # first recomputed position: positions before it come from a KV cache
+    prefix_kv: list[tuple[Tensor, Tensor]]  # per layer, each copy's keys/values of positions < start
 
 
-def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool) -> PatchBatch:
-    """Gather once per batch of copies what every layer's patched run of it reuses."""
-    start = int(_first_true(masks, runs.answer_pos[rows]).min()) if reuse else 0
-    prefix = [(on(keys, rows)[:, :, :start], on(values, rows)[:, :, :start]) for keys, values in runs.corrupted_kv]
-    return PatchBatch(rows, masks, start, prefix if start > 0 else [])
+def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool, layer: int = 0) -> PatchBatch:
+    """Gather once per batch of copies patched at ``layer`` (at every layer >= 0 the same) what each of its
+    patched runs reuses: every copy's prefix from the run whose states it holds (``copy_prefixes``)."""
+    start, from_clean = copy_prefixes(runs, rows, masks, layer) if reuse else (None, None)
+    first = int(start.min()) if start is not None and len(start) else 0
+    if first == 0:
+        return PatchBatch(rows, masks, 0, [])
+    any_clean = bool(from_clean.any())
+    prefix = []
+    for clean_kv, corrupted_kv in zip(runs.clean_kv, runs.corrupted_kv, strict=True):
+        parts = []
+        for clean, corrupted in zip(clean_kv, corrupted_kv, strict=True):
+            part = on(corrupted, rows)[:, :, :first]
+            if any_clean:
+                pick = from_clean.to(part.device).view(-1, 1, 1, 1)
+                part = torch.where(pick, on(clean, rows)[:, :, :first], part)
+            parts.append(part)
+        prefix.append((parts[0], parts[1]))
+    return PatchBatch(rows, masks, first, prefix)
 
 
 def _prefix_cache(batch: PatchBatch, layer: int) -> Any:
@@ -257,6 +324,36 @@ def plan_batches(first: Sequence[int], width: int, batch_size: int) -> list[slic
     return parts[::-1]
 
 
+@dataclass
+class SweepPlan:
+    """Which patched copies run, and in which batches."""
+
+    known: Tensor  # [n_layers + 1, J] bool: the copy's LD is the clean or the corrupted run's (``known_lds``)
+    values: Tensor  # [n_layers + 1, J] float32: those LDs, NaN for the copies that run
+    chunks: list[Tensor]  # batches of copy indices, each run at every layer where a copy in it is not known
+
+
+def plan_sweep(runs: PairRuns, rows: Tensor, masks: Tensor, batch_size: int, reuse: bool = True) -> SweepPlan:
+    """Copies whose result the clean or corrupted run gives are not run; the others are ordered by the first
+    position they recompute (``copy_prefixes``) and cut into batches recomputing as little as possible."""
+    layers = sorted(runs.clean_resid)
+    known = torch.zeros((len(layers), len(rows)), dtype=torch.bool, device=rows.device)
+    values = torch.empty(known.shape, dtype=torch.float32, device=rows.device)
+    for index, layer in enumerate(layers):
+        found, value = known_lds(runs, rows, masks, layer, layers[-1])
+        known[index] = found.to(known.device)
+        values[index] = torch.where(known[index], value.to(values.device), math.nan)
+    # A copy's first recomputed position is the same at every decoder layer, and a copy the embeddings need is
+    # needed by the layers above too (the embeddings know more), so the batches are planned once.
+    pending = torch.nonzero(~known.all(dim=0)).flatten()
+    if not reuse:
+        return SweepPlan(known, values, list(torch.split(pending, batch_size)))
+    first = copy_prefixes(runs, rows, masks, 0)[0].to(pending.device)[pending]
+    order = pending[torch.argsort(first, stable=True)]
+    parts = plan_batches(sorted(first.tolist()), runs.attention_mask.shape[1], batch_size)
+    return SweepPlan(known, values, [order[part] for part in parts])
+
+
 def sweep(
     runs: PairRuns,
     loaded: LoadedModel,
@@ -269,24 +366,27 @@ def sweep(
     """LD of every patched copy (``rows[j]``, ``masks[j]``) at every layer: [n_layers + 1, J] float32, row 0
     being the embeddings (layer -1).
 
-    Copies are ordered by their first patched position, so a batch's shared prefix (reused from the corrupted
-    cache) is as long as possible.
+    Copies run as ``plan_sweep`` plans them; ``naive`` runs every copy at every layer as a full forward instead.
     """
-    first = _first_true(masks, runs.answer_pos[rows])
-    order = torch.argsort(first, stable=True)
     layers = sorted(runs.clean_resid)
     out = torch.empty((len(layers), len(rows)), dtype=torch.float32, device=rows.device)
-    width = runs.attention_mask.shape[1]
-    if naive or not reuse:
-        chunks = list(torch.split(order, batch_size)) if len(order) else []
-    else:
-        chunks = [order[part] for part in plan_batches(first[order].tolist(), width, batch_size)]
-    for chunk in chunks:
-        batch = patch_batch(runs, rows[chunk], masks[chunk], reuse and not naive)
+    if naive:
+        for chunk in torch.split(torch.arange(len(rows), device=rows.device), batch_size):
+            for index, layer in enumerate(layers):
+                out[index, chunk] = naive_patched_ld(runs, loaded, layer, rows[chunk], masks[chunk]).to(out.device)
+        return out
+    plan = plan_sweep(runs, rows, masks, batch_size, reuse)
+    out.copy_(plan.values)
+    for chunk in plan.chunks:
+        batch = None  # shared by the decoder layers
         for index, layer in enumerate(layers):
-            if naive:
-                ld = naive_patched_ld(runs, loaded, layer, batch.rows, batch.masks)
+            todo = chunk[~plan.known[index, chunk]]
+            if not len(todo):
+                continue
+            if layer != EMBEDDINGS and len(todo) == len(chunk):
+                batch = batch if batch is not None else patch_batch(runs, rows[chunk], masks[chunk], reuse)
+                part = batch
             else:
-                ld = patched_ld(runs, loaded, layer, batch)
-            out[index, chunk] = ld.to(out.device)
+                part = patch_batch(runs, rows[todo], masks[todo], reuse, layer)
+            out[index, todo] = patched_ld(runs, loaded, layer, part).to(out.device)
     return out
