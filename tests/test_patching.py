@@ -131,9 +131,12 @@ def test_sweep_runs_only_copies_that_neither_run_already_gives(tiny: LoadedModel
     )
     try:
         fast = sweep(runs, tiny, rows, masks, batch_size=64)
+        assert sum(computed) == len(unknown[-1]) + len(unknown[0]) * (tiny.n_layers - 1)
+        computed.clear()  # without reuse (a debugging aid) every copy runs at every layer
+        sweep(runs, tiny, rows, masks, batch_size=64, reuse=False)
+        assert sum(computed) == len(rows) * (tiny.n_layers + 1)
     finally:
         handle.remove()
-    assert sum(computed) == len(unknown[-1]) + len(unknown[0]) * (tiny.n_layers - 1)
     torch.testing.assert_close(fast, sweep(runs, tiny, rows, masks, batch_size=64, naive=True), atol=1e-5, rtol=0)
     gives_clean = masks[torch.arange(len(rows)), runs.answer_pos[rows]]
     expected_last = torch.where(gives_clean, runs.ld_clean[rows], runs.ld_corrupted[rows])

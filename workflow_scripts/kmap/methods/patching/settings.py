@@ -38,7 +38,7 @@ class PatchingSettings:
     )  # pairs per clean/corrupted batch and patched rows per forward (a resource)
     reuse_positions: bool = schema_field(
         "patching", "reuse_positions"
-    )  # start patched runs at the first patched position (corrupted KV cache)
+    )  # reuse the clean and corrupted runs' states and keys/values (copy_prefixes, known_lds)
 
     def __post_init__(self) -> None:
         if self.multi_token_answers not in MULTI_TOKEN_MODES:

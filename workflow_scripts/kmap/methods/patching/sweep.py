@@ -11,7 +11,8 @@ one at chosen positions. ``patched_ld`` computes it without recomputing what the
   runs) keeps the corrupted run's states at every layer above, and one whose states are all the clean run's
   (patched, or equal) keeps the clean run's; that run's keys/values stand in for them (a KV cache), and only
   the suffix after the longer such prefix is computed (``copy_prefixes``);
-- copies whose prefix reaches the answer position are that run, and are not run at all (``known_lds``); so is
+- copies whose prefix covers the whole prompt, answer position included, are that run and are not run at all
+  (``known_lds``); so is
   every copy at the last layer, since only the answer position's output reaches the logits there;
 - patched copies of many pairs, positions and position sets go through one forward per layer.
 
@@ -92,7 +93,7 @@ def answer_ld(logits: Tensor, rows: Tensor, answer: Tensor, foil: Tensor) -> Ten
 
 
 def run_pairs(loaded: LoadedModel, pairs: Sequence[PreparedPair]) -> PairRuns:
-    """The clean and the corrupted run of a batch of pairs: layer outputs, corrupted keys/values, LDs."""
+    """The clean and the corrupted run of a batch of pairs: both runs' layer outputs and keys/values, LDs."""
     pad = loaded.tokenizer.pad_token_id
     clean_ids, mask = pad_right([p.clean for p in pairs], pad, loaded.device)
     corrupted_ids, _ = pad_right([p.corrupted for p in pairs], pad, loaded.device)
@@ -208,13 +209,13 @@ def copy_prefixes(runs: PairRuns, rows: Tensor, masks: Tensor, layer: int) -> tu
 def known_lds(runs: PairRuns, rows: Tensor, masks: Tensor, layer: int, last_layer: int) -> tuple[Tensor, Tensor]:
     """Copies whose patched LD is the clean or the corrupted run's, exactly: (known [J] bool, LD [J] float32).
 
-    - A copy whose prefix of one run's states (``copy_prefixes``) reaches the answer position is that run: at the
+    - A copy whose prefix of one run's states (``copy_prefixes``) covers the whole prompt is that run: at the
       embeddings a copy whose patched tokens are the clean (or the corrupted) prompt's; at any layer a copy that
       patches every position from the first differing one on, or none of them.
     - At the last layer the logits at the answer position read that position's output alone (final norm and LM
       head act per position), so a copy is the clean run if it patches the answer position, else the corrupted.
     """
-    clean, corrupted = runs.ld_clean[rows], runs.ld_corrupted[rows]
+    clean, corrupted = on(runs.ld_clean, rows), on(runs.ld_corrupted, rows)
     if layer == last_layer:
         patched_answer = masks[torch.arange(len(rows), device=masks.device), runs.answer_pos[rows].to(masks.device)]
         return torch.ones_like(patched_answer), torch.where(patched_answer.to(clean.device), clean, corrupted)
@@ -254,7 +255,7 @@ def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool, layer:
 
 
 def _prefix_cache(batch: PatchBatch, layer: int) -> Any:
-    """A KV cache holding the corrupted prefix; layers up to ``layer`` are skipped, so theirs is a zero-stride
+    """A KV cache holding the copies' prefixes; layers up to ``layer`` are skipped, so theirs is a zero-stride
     placeholder of the right length (the cache's length is read from layer 0)."""
     cache = full_kv_cache()
     for index, (keys, values) in enumerate(batch.prefix_kv):
@@ -304,7 +305,7 @@ CALL_OVERHEAD_ROWS = 4
 
 
 def plan_batches(first: Sequence[int], width: int, batch_size: int) -> list[slice]:
-    """Cut copies sorted by their first patched position into batches of at most ``batch_size``, minimising the
+    """Cut copies sorted by their first recomputed position into batches of at most ``batch_size``, minimising the
     positions recomputed: a batch recomputes every row from its earliest first position, so copies patched at
     the last position only (one position each) should not share a batch with copies patched early in the
     prompt. Exact dynamic programming over the sorted order (cost: rows x recomputed width, plus a call)."""
@@ -335,10 +336,13 @@ class SweepPlan:
 
 def plan_sweep(runs: PairRuns, rows: Tensor, masks: Tensor, batch_size: int, reuse: bool = True) -> SweepPlan:
     """Copies whose result the clean or corrupted run gives are not run; the others are ordered by the first
-    position they recompute (``copy_prefixes``) and cut into batches recomputing as little as possible."""
+    position they recompute (``copy_prefixes``) and cut into batches recomputing as little as possible. Without
+    ``reuse`` (a debugging aid) every copy runs at every layer from position 0."""
     layers = sorted(runs.clean_resid)
     known = torch.zeros((len(layers), len(rows)), dtype=torch.bool, device=rows.device)
-    values = torch.empty(known.shape, dtype=torch.float32, device=rows.device)
+    values = torch.full(known.shape, math.nan, dtype=torch.float32, device=rows.device)
+    if not reuse:
+        return SweepPlan(known, values, list(torch.split(torch.arange(len(rows), device=rows.device), batch_size)))
     for index, layer in enumerate(layers):
         found, value = known_lds(runs, rows, masks, layer, layers[-1])
         known[index] = found.to(known.device)
@@ -346,8 +350,6 @@ def plan_sweep(runs: PairRuns, rows: Tensor, masks: Tensor, batch_size: int, reu
     # A copy's first recomputed position is the same at every decoder layer, and a copy the embeddings need is
     # needed by the layers above too (the embeddings know more), so the batches are planned once.
     pending = torch.nonzero(~known.all(dim=0)).flatten()
-    if not reuse:
-        return SweepPlan(known, values, list(torch.split(pending, batch_size)))
     first = copy_prefixes(runs, rows, masks, 0)[0].to(pending.device)[pending]
     order = pending[torch.argsort(first, stable=True)]
     parts = plan_batches(sorted(first.tolist()), runs.attention_mask.shape[1], batch_size)
