@@ -12,8 +12,8 @@ one at chosen positions. ``patched_ld`` computes it without recomputing what the
   (patched, or equal) keeps the clean run's; that run's keys/values stand in for them (a KV cache), and only
   the suffix after the longer such prefix is computed (``copy_prefixes``);
 - copies whose prefix covers the whole prompt, answer position included, are that run and are not run at all
-  (``known_lds``); so is
-  every copy at the last layer, since only the answer position's output reaches the logits there;
+  (``known_lds``); so is every copy at the last layer, since only the answer position's output reaches the
+  logits there;
 - patched copies of many pairs, positions and position sets go through one forward per layer.
 
 ``naive_patched_ld`` is the reference: a full corrupted forward per layer with ``hooks.overwrite``. The two
@@ -236,8 +236,10 @@ class PatchBatch:
 def patch_batch(runs: PairRuns, rows: Tensor, masks: Tensor, reuse: bool, layer: int = 0) -> PatchBatch:
     """Gather once per batch of copies patched at ``layer`` (at every layer >= 0 the same) what each of its
     patched runs reuses: every copy's prefix from the run whose states it holds (``copy_prefixes``)."""
-    start, from_clean = copy_prefixes(runs, rows, masks, layer) if reuse else (None, None)
-    first = int(start.min()) if start is not None and len(start) else 0
+    if not reuse or not len(rows):
+        return PatchBatch(rows, masks, 0, [])
+    starts, from_clean = copy_prefixes(runs, rows, masks, layer)
+    first = int(starts.min())
     if first == 0:
         return PatchBatch(rows, masks, 0, [])
     any_clean = bool(from_clean.any())
