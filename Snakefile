@@ -15,7 +15,7 @@ report: "report/workflow.rst"
 
 
 # Seconds-long aggregation over small tables: on a cluster they run where Snakemake runs instead of waiting in
-# a queue (one interval job per model, domain and method: 264 on the study).
+# a queue (one interval job per model and method: 44 on the study).
 localrules:
     intervals,
     knowledge_map,

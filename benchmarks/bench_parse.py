@@ -2,13 +2,16 @@
 
     python benchmarks/bench_parse.py [--repeats 5]
 
-Runs ``snakemake -n --configfile config/paper.yaml`` (871 jobs planned, no GPU, no weights) ``repeats`` times
-from the repository root and prints each wall time and the median, plus whether the parse imported torch.
+Runs ``snakemake -n --configfile config/paper.yaml`` (no GPU, no weights) ``repeats`` times from the repository
+root, with ``--quiet`` (the plan's summary only) and as typed (every job printed), interleaved, and prints each
+wall time and the medians; then the number of jobs, ``snakemake --version`` (Snakemake's own start-up, the floor
+of any run) and whether the parse imported torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -16,19 +19,31 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+DRY_RUN = [*SNAKEMAKE, "-n", "--configfile", "config/paper.yaml"]
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    out = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, out.stdout
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    command = [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", "--quiet"]
-    times = []
+    quiet, plain, version = [], [], []
+    stdout = ""
     for _ in range(args.repeats):
-        started = time.perf_counter()
-        subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
-    print("dry run (s):", " ".join(f"{t:.2f}" for t in times), f"median {statistics.median(times):.2f}")
+        quiet.append(timed([*DRY_RUN, "--quiet"])[0])
+        seconds, stdout = timed(DRY_RUN)
+        plain.append(seconds)
+        version.append(timed([*SNAKEMAKE, "--version"])[0])
+    for name, times in (("dry run --quiet", quiet), ("dry run", plain), ("snakemake --version", version)):
+        print(f"{name} (s):", " ".join(f"{t:.2f}" for t in times), f"median {statistics.median(times):.2f}")
+    total = re.search(r"^total\s+(\d+)", stdout, re.MULTILINE)
+    print("jobs:", total.group(1) if total else "?")
     probe = (
         "import sys; sys.path.append('workflow_scripts');"
         "import kmap.core.config, kmap.core.gpu_plan, kmap.core.provenance, kmap.data.prompts, kmap.maps.table1,"

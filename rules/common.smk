@@ -386,17 +386,14 @@ def prompt_file(wildcards):
 
 
 def outputs(rule, **values):
-    """Every output file of ``rule`` for each combination of wildcard ``values``."""
-    return (
-        expand([str(path) for path in rule.output], **values)
-        if all(values.values())
-        else []
-    )
+    """One output file of ``rule`` per combination of wildcard ``values``: one per job."""
+    return expand(str(rule.output[0]), **values) if all(values.values()) else []
 
 
 def all_targets():
-    """Every file a run writes, not only the last of each chain: Snakemake replans a deleted file only when a
-    target needs it, and a missing intermediate (a GPU job's raw table) would otherwise go unnoticed.
+    """One file of every job a run makes, not only the last of each chain: Snakemake replans a deleted file only
+    when a job that writes it is in the DAG, and a missing intermediate (a GPU job's raw table) would otherwise
+    go unnoticed. One file per job is enough: a job in the DAG checks all its outputs (and the DAG stays small).
     """
     by = {m: [name for name in MODELS if m in METHODS[name]] for m in GPU_METHODS}
     hf = names_of("hf")
@@ -421,9 +418,7 @@ def all_targets():
     for name in ("patching", "patching_summary"):
         targets += outputs(getattr(rules, name), model=by["patching"], domain=DOMAINS)
     for name in MAP_MODELS:
-        targets += outputs(
-            rules.intervals, model=[name], domain=DOMAINS, method=METHODS[name]
-        )
+        targets += outputs(rules.intervals, model=[name], method=METHODS[name])
     targets += outputs(rules.knowledge_map, model=MAP_MODELS)
     if MAP_MODELS:
         targets += outputs(rules.cross_model)
@@ -436,22 +431,23 @@ def all_targets():
 
 
 def map_tables(kind):
-    """A method's metric (or replicate) tables: ablation has a judge-free and a judge table. A method whose map
-    curve is contrasted with the other domains (map.contrast) reads every domain's tables.
-    """
+    """A method's metric (or replicate) tables of every domain: ablation has a judge-free and a judge table."""
 
     def get(wildcards):
-        method = wildcards.method
-        contrasted = config["map"]["contrast"].get(method, "none") == "others"
-        tables = []
-        for domain in DOMAINS if contrasted else [wildcards.domain]:
-            base = f"{RESULTS}/{method}/{wildcards.model}/{domain}"
-            tables.append(f"{base}.{kind}.parquet")
-            if method == "ablation":
-                tables.append(f"{base}.judge_{kind}.parquet")
-        return tables
+        method, model = wildcards.method, wildcards.model
+        kinds = [kind, f"judge_{kind}"] if method == "ablation" else [kind]
+        return [
+            f"{RESULTS}/{method}/{model}/{domain}.{k}.parquet"
+            for domain in DOMAINS
+            for k in kinds
+        ]
 
     return get
+
+
+def per_domain(pattern):
+    """One file per configured domain: ``pattern`` with {domain} filled in, its other wildcards kept."""
+    return [pattern.replace("{domain}", domain) for domain in DOMAINS]
 
 
 JUDGE_CACHE = f"{RESULTS}/cache/judge"

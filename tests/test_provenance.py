@@ -111,3 +111,42 @@ def test_resaving_a_script_unchanged_keeps_its_version(copy: Path) -> None:
     assert code_version(script, copy / "kmap") == before
     script.write_text(script.read_text() + "\n# edited\n")
     assert code_version(script, copy / "kmap") != before
+
+
+def test_import_cache_is_keyed_by_content(copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed imports persist between processes, keyed by each file's content: what a cache entry says is what
+    the closure follows, an edited file is parsed again, and a broken cache file only costs a re-parse."""
+    import hashlib
+
+    from kmap.core import provenance
+
+    def fresh_process(cache_root: str) -> None:
+        monkeypatch.setenv("KMAP_CACHE", cache_root)
+        monkeypatch.setattr(provenance, "_CACHE_STATE", {"entries": None, "dirty": False})
+
+    package, script = copy / "kmap", copy / "saliency_summary.py"
+    fresh_process("off")
+    expected_version, expected = code_version(script, package), set(import_closure(script, package))
+
+    fresh_process(str(tmp_path / "cache"))
+    assert code_version(script, package) == expected_version
+    stored = json.loads((tmp_path / "cache" / "code_imports.json").read_text())
+    assert stored["format"] == provenance.IMPORT_CACHE_FORMAT
+    for source in [script, *expected]:
+        key = hashlib.sha256(source.read_bytes()).hexdigest()
+        assert stored["imports"][key] == sorted(provenance._parse_imports(str(source), 0, 0)), source
+
+    # An entry claiming the script imports kmap.core.models is followed: the cache is read, not re-parsed.
+    key = hashlib.sha256(script.read_bytes()).hexdigest()
+    stored["imports"][key] = [*stored["imports"][key], "kmap.core.models"]
+    (tmp_path / "cache" / "code_imports.json").write_text(json.dumps(stored))
+    fresh_process(str(tmp_path / "cache"))
+    assert package / "core" / "models.py" in import_closure(script, package)
+    # Edited content has a new key: parsed again, the stale claim gone.
+    script.write_text(script.read_text() + "\n# edited\n")
+    assert set(import_closure(script, package)) == expected
+
+    (tmp_path / "cache" / "code_imports.json").write_text("{not json")
+    script.write_text(script.read_text().removesuffix("\n# edited\n"))
+    fresh_process(str(tmp_path / "cache"))
+    assert code_version(script, package) == expected_version

@@ -154,8 +154,8 @@ def test_editing_one_domain_reruns_only_that_domain(ran: Path) -> None:
             "ablation_generate": 1,
             "ablation_judge": 1,
             "ablation_summary": 1,
-            # disease: umap, saliency, ablation; age: saliency, ablation (contrasted with disease, map.contrast)
-            "intervals": 5,
+            # One interval job per (model, method) that changed: umap, saliency, ablation (not patching)
+            "intervals": 3,
             "knowledge_map": 1,
             "cross_model": 1,
             "all": 1,
@@ -183,7 +183,7 @@ def test_changing_a_setting_reruns_its_rule(ran: Path) -> None:
     config = dict(FAST, activations={"position": "concept_mean"})
     write_config(ran, config, "position.yaml")
     result = snakemake(ran, "-n", "--configfile", "config/position.yaml")
-    maps = {"intervals": 2, "knowledge_map": 1, "cross_model": 1}
+    maps = {"intervals": 1, "knowledge_map": 1, "cross_model": 1}
     assert job_counts(result.stdout) == {"activations": 4, "umap": 2, **maps, "all": 1}
     assert "params" in result.stdout.lower()
     # The batch size never changes values (tested in test_activations), so it reruns nothing.
@@ -198,7 +198,7 @@ def test_changing_a_models_prompt_format_reruns_that_method_only(ran: Path) -> N
     models["demo"]["prompt_format"] = {"ablation": "raw"}  # was auto (raw for the demo's tokenizer, but a change)
     write_config(ran, dict(FAST, models=models), "format.yaml")
     result = snakemake(ran, "-n", "--configfile", "config/format.yaml")
-    maps = {"intervals": 2, "knowledge_map": 1, "cross_model": 1}
+    maps = {"intervals": 1, "knowledge_map": 1, "cross_model": 1}
     ablation = {"ablation_generate": 2, "ablation_judge": 2, "ablation_summary": 2}
     expected = {**ablation, **maps, "all": 1}
     assert job_counts(result.stdout) == expected
@@ -325,7 +325,7 @@ def test_every_output_carries_provenance(ran: Path) -> None:
     from kmap.core.provenance import DIRECTORY_FILE, SIDECAR_SUFFIX, read_provenance
 
     results = ran / "results"
-    checked = 0
+    checked = maps_checked = 0
     for path in sorted(results.rglob("*")):
         parts = path.relative_to(results).parts
         if path.is_dir() or parts[0] in ("logs", "benchmarks", "cache") or path.name.endswith(SIDECAR_SUFFIX):
@@ -342,7 +342,17 @@ def test_every_output_carries_provenance(ran: Path) -> None:
             assert parts[0] in ("models", "demo") or model["resolved_revision"].startswith("sha256:"), path
         if parts[0] in ("activations", "umap", "saliency", "ablation", "patching"):
             assert len(record["prompt_sha256"]) == 64, path
+        if parts[0] == "maps" and path.name.count(".") == 3:  # <domain>.<method>.{intervals,cells}.parquet
+            # One interval job writes every domain: each file names its own domain and the tables its curve read
+            # (a contrasted method's read every domain's; map.contrast defaults).
+            domain, method = path.name.split(".")[:2]
+            assert record["domain"] == domain and record["method"] == method, path
+            read = {Path(p).name.split(".")[0] for p in record["upstream"]}
+            contrasted = method in ("saliency", "ablation")
+            assert read == (set(FAST["domains"]) if contrasted else {domain}), (path, read)
+            maps_checked += 1
         checked += 1
+    assert maps_checked == 2 * len(FAST["domains"]) * 4
     assert checked > 100
 
 
@@ -361,7 +371,7 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
         "patching",
         "patching_summary",
     )
-    maps = {"intervals": 11 * 6 * 4, "knowledge_map": 11, "cross_model": 1}
+    maps = {"intervals": 11 * 4, "knowledge_map": 11, "cross_model": 1}  # intervals: one per (model, method)
     preflight = {"preflight": 11 * 6 * 4}  # one per GPU method
     once = {"stage_weights": 11, "cost_plan": 1, "all": 1}  # one staged snapshot per hub model
     assert counts == {**dict.fromkeys(per_job, 11 * 6), **preflight, **maps, **once}

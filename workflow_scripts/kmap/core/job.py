@@ -177,6 +177,20 @@ class Job:
         """Add run facts (load time, devices, tokens/s) to the record of every output written afterwards."""
         self.provenance.update(facts)
 
+    def part_provenance(self, inputs: list[str], **facts: Any) -> dict[str, Any]:
+        """The record of an output made from part of the job's inputs (one domain of a per-model job): the job's
+        record with the upstream and prompt-set hash of those inputs only, plus the output's own facts."""
+        out = dict(self.provenance)
+        upstream = {path: carried for path, carried in out.get("upstream", {}).items() if path in set(inputs)}
+        out["upstream"] = upstream
+        merged = _merged_hashes(upstream.values())
+        if merged is None:
+            out.pop("prompt_sha256", None)
+        else:
+            out["prompt_sha256"] = merged
+        out.update(facts)
+        return out
+
     def _inputs(self, name: str) -> list[str]:
         value = getattr(self.smk.input, name, None)
         if value is None:
@@ -198,8 +212,8 @@ class Job:
     def write_table(self, frame: pd.DataFrame, path: str | Path, columns: tuple[str, ...] = METRIC_COLUMNS) -> None:
         write_table(frame, path, columns, self.provenance)
 
-    def write_frame(self, frame: pd.DataFrame, path: str | Path) -> None:
-        write_frame(frame, path, self.provenance)
+    def write_frame(self, frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+        write_frame(frame, path, self.provenance if provenance is None else provenance)
 
     def write_text(self, path: str | Path, text: str) -> None:
         write_json_atomic(sidecar(path), self.provenance)

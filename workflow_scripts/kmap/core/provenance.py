@@ -17,8 +17,10 @@ import ast
 import functools
 import hashlib
 import json
+import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,9 +86,15 @@ def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
 
 
 def _imported_modules(path: Path) -> frozenset[str]:
-    """kmap modules imported anywhere in ``path`` (top level and inside functions)."""
+    """kmap modules imported anywhere in ``path`` (top level and inside functions), parsed once per content: the
+    parse of every SLURM job and dry run reads them from the import cache (``import_cache_file``)."""
     stat = path.stat()
-    return _parse_imports(str(path), stat.st_mtime_ns, stat.st_size)
+    key = _file_digest(str(path), stat.st_mtime_ns, stat.st_size).hex()
+    cache = _import_cache()
+    if key not in cache:
+        cache[key] = sorted(_parse_imports(str(path), stat.st_mtime_ns, stat.st_size))
+        _CACHE_STATE["dirty"] = True
+    return frozenset(cache[key])
 
 
 def _statements(node: ast.AST) -> Iterator[ast.AST]:
@@ -116,16 +124,64 @@ def _parse_imports(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     return frozenset(found)
 
 
+# Imports by content digest, kept between processes. Keyed by content, so an entry is never stale; a lost or
+# unreadable file only costs a re-parse.
+IMPORT_CACHE_FORMAT = f"kmap-imports-1-py{sys.version_info.major}.{sys.version_info.minor}"
+IMPORT_CACHE_ENTRIES = 1000
+_CACHE_STATE: dict[str, Any] = {"entries": None, "dirty": False}
+
+
+def import_cache_file() -> Path | None:
+    """``$KMAP_CACHE/code_imports.json`` (default ``~/.cache/kmap``; ``KMAP_CACHE=off`` keeps it in memory)."""
+    root = os.environ.get("KMAP_CACHE", str(Path.home() / ".cache" / "kmap"))
+    return None if root == "off" else Path(root) / "code_imports.json"
+
+
+def _import_cache() -> dict[str, list[str]]:
+    if _CACHE_STATE["entries"] is None:
+        entries: dict[str, list[str]] = {}
+        path = import_cache_file()
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+            if loaded.get("format") == IMPORT_CACHE_FORMAT and isinstance(loaded.get("imports"), dict):
+                entries = loaded["imports"]
+        except (OSError, ValueError, AttributeError):
+            pass  # absent, unreadable or from another format: rebuilt as files are parsed
+        _CACHE_STATE["entries"] = entries
+    return _CACHE_STATE["entries"]
+
+
+def _save_import_cache() -> None:
+    """Write new entries (atomically: concurrent SLURM jobs may parse at once; the last writer wins)."""
+    path = import_cache_file()
+    if not _CACHE_STATE["dirty"] or path is None:
+        return
+    entries = _CACHE_STATE["entries"]
+    kept = dict(list(entries.items())[-IMPORT_CACHE_ENTRIES:])  # the newest: insertion order
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": IMPORT_CACHE_FORMAT, "imports": kept}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        return  # a read-only home: parse again next time
+    _CACHE_STATE["dirty"] = False
+
+
 def import_closure(script: str | Path, root: Path = PACKAGE_DIR) -> list[Path]:
     """Every kmap source file ``script`` reaches through imports, with the packages' __init__ files."""
     seen: set[Path] = set()
+    found: dict[str, Path | None] = {}  # module name -> file, resolved once per closure
     todo = [Path(script)]
     while todo:
         for name in _imported_modules(todo.pop()):
             parts = name.split(".")
             # Importing a.b.c runs a/__init__ and a/b/__init__ first.
             for depth in range(1, len(parts) + 1):
-                source = module_file(".".join(parts[:depth]), root)
+                prefix = ".".join(parts[:depth])
+                if prefix not in found:
+                    found[prefix] = module_file(prefix, root)
+                source = found[prefix]
                 if source is not None and source not in seen:
                     seen.add(source)
                     todo.append(source)
@@ -143,6 +199,7 @@ def code_version(script: str | Path, root: Path = PACKAGE_DIR) -> str:
         stat = source.stat()
         digest.update(relative.encode())
         digest.update(_file_digest(str(source), stat.st_mtime_ns, stat.st_size))
+    _save_import_cache()
     return digest.hexdigest()[:16]
 
 
