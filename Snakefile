@@ -2,6 +2,12 @@
 #   snakemake --cores 2                                  # default config: demo + tiny models, CPU only
 #   snakemake --profile slurm --configfile config/paper.yaml    # from this folder: ./slurm -> profiles/slurm
 # This file only includes rule files; helpers and config validation live in rules/common.smk.
+import gc
+
+# Snakemake and its libraries are imported and live as long as this process: move them out of the cyclic garbage
+# collector's reach. Otherwise every full collection while the DAG is built walks them all again (the study's
+# dry run: 3.5 s -> 2.8 s). Reference counting still frees them; only a cycle among them would never be.
+gc.freeze()
 
 
 # The default config applies only when none is given: --configfile replaces it instead of being merged
