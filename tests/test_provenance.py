@@ -145,6 +145,12 @@ def test_import_cache_is_keyed_by_content(copy: Path, tmp_path: Path, monkeypatc
     # Edited content has a new key: parsed again, the stale claim gone.
     script.write_text(script.read_text() + "\n# edited\n")
     assert set(import_closure(script, package)) == expected
+    # A malformed entry (not a list of kmap modules) is parsed again, never followed.
+    edited = hashlib.sha256(script.read_bytes()).hexdigest()
+    stored["imports"][edited] = "kmap.core.models"
+    (tmp_path / "cache" / "code_imports.json").write_text(json.dumps(stored))
+    fresh_process(str(tmp_path / "cache"))
+    assert set(import_closure(script, package)) == expected
 
     (tmp_path / "cache" / "code_imports.json").write_text("{not json")
     script.write_text(script.read_text().removesuffix("\n# edited\n"))

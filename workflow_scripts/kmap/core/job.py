@@ -181,7 +181,8 @@ class Job:
         """The record of an output made from part of the job's inputs (one domain of a per-model job): the job's
         record with the upstream and prompt-set hash of those inputs only, plus the output's own facts."""
         out = dict(self.provenance)
-        upstream = {path: carried for path, carried in out.get("upstream", {}).items() if path in set(inputs)}
+        wanted = {str(path) for path in inputs}
+        upstream = {path: carried for path, carried in out.get("upstream", {}).items() if path in wanted}
         out["upstream"] = upstream
         merged = _merged_hashes(upstream.values())
         if merged is None:

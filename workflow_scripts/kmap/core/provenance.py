@@ -14,6 +14,7 @@ editing any module a rule's script reaches reruns that rule, and editing anythin
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import hashlib
 import json
@@ -144,7 +145,12 @@ def _import_cache() -> dict[str, list[str]]:
         try:
             loaded = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
             if loaded.get("format") == IMPORT_CACHE_FORMAT and isinstance(loaded.get("imports"), dict):
-                entries = loaded["imports"]
+                # Only well-formed entries; a damaged one is parsed again, never followed.
+                entries = {
+                    key: names
+                    for key, names in loaded["imports"].items()
+                    if isinstance(names, list) and all(isinstance(n, str) and n.startswith("kmap") for n in names)
+                }
         except (OSError, ValueError, AttributeError):
             pass  # absent, unreadable or from another format: rebuilt as files are parsed
         _CACHE_STATE["entries"] = entries
@@ -158,13 +164,15 @@ def _save_import_cache() -> None:
         return
     entries = _CACHE_STATE["entries"]
     kept = dict(list(entries.items())[-IMPORT_CACHE_ENTRIES:])  # the newest: insertion order
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": IMPORT_CACHE_FORMAT, "imports": kept}), encoding="utf-8")
         os.replace(tmp, path)
-    except OSError:
-        return  # a read-only home: parse again next time
+    except OSError:  # a read-only or full disk: parse again next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return
     _CACHE_STATE["dirty"] = False
 
 
