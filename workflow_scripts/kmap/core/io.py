@@ -76,6 +76,13 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def cache_root() -> Path | None:
+    """kmap's cache between runs (trained demo models, parsed imports): ``$KMAP_CACHE``, default
+    ``~/.cache/kmap``; None when ``KMAP_CACHE=off``."""
+    root = os.environ.get("KMAP_CACHE", str(Path.home() / ".cache" / "kmap"))
+    return None if root == "off" else Path(root)
+
+
 def load_yaml(path: str | Path) -> Any:
     """A YAML file, parsed by libyaml where available (the Snakefile parse reads several on every start)."""
     import yaml

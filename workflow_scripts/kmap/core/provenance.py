@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import kmap
+from kmap.core.io import cache_root
 
 KEY = "kmap_provenance"
 SIDECAR_SUFFIX = ".provenance.json"
@@ -134,8 +135,8 @@ _CACHE_STATE: dict[str, Any] = {"entries": None, "dirty": False}
 
 def import_cache_file() -> Path | None:
     """``$KMAP_CACHE/code_imports.json`` (default ``~/.cache/kmap``; ``KMAP_CACHE=off`` keeps it in memory)."""
-    root = os.environ.get("KMAP_CACHE", str(Path.home() / ".cache" / "kmap"))
-    return None if root == "off" else Path(root) / "code_imports.json"
+    root = cache_root()
+    return None if root is None else root / "code_imports.json"
 
 
 def _import_cache() -> dict[str, list[str]]:

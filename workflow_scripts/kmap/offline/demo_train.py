@@ -317,10 +317,10 @@ def cache_key(knowledge_path: str | Path, params: DemoParams) -> str:
 def default_cache_dir() -> Path | None:
     """Where trained demo models are kept for reuse: ``$KMAP_CACHE/demo`` (default ``~/.cache/kmap``;
     ``KMAP_CACHE=off`` disables it)."""
-    import os
+    from kmap.core.io import cache_root
 
-    root = os.environ.get("KMAP_CACHE", str(Path.home() / ".cache" / "kmap"))
-    return None if root == "off" else Path(root) / "demo"
+    root = cache_root()
+    return None if root is None else root / "demo"
 
 
 def train_demo_model(
