@@ -159,7 +159,8 @@ def _import_cache() -> dict[str, list[str]]:
 
 
 def _save_import_cache() -> None:
-    """Write new entries (atomically: concurrent SLURM jobs may parse at once; the last writer wins)."""
+    """Write new entries (atomically: concurrent SLURM jobs may parse at once; the last writer wins). Not
+    ``io.atomic_output``: it clears other writers' temporaries, as no output has two writers; this file may."""
     path = import_cache_file()
     if not _CACHE_STATE["dirty"] or path is None:
         return
