@@ -35,6 +35,10 @@ def slurm():
     subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh"), "start"], check=True, timeout=300)
     yield
     subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh"), "stop"], check=False, timeout=120)
+    # Left in /etc/slurm, the CI controller's slurm.conf would make every later Snakemake start on this machine
+    # wait 9 s (the SLURM plugin's `scontrol show config` call, for a controller that no longer runs).
+    conf = Path("/etc/slurm/slurm.conf")
+    assert not (conf.exists() and "ClusterName=kmapci" in conf.read_text()), f"slurm.sh stop left {conf}"
 
 
 def _config(model_dir: Path) -> dict:
