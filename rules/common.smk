@@ -355,27 +355,48 @@ def summary_figure(path, caption, category, labels):
 
 # --- pre-flight (rules/preflight.smk) ---
 
-# The methods whose GPU jobs each wait for their own pre-flight.
+# The methods whose GPU jobs each wait for the pre-flight of the file they read.
 GPU_METHODS = ("activations", "saliency", "ablation", "patching")
+# The file each GPU method reads (a preflight's `data` wildcard): the prompt set, or the patching pairs.
+PREFLIGHT_DATA = {
+    "activations": "prompts",
+    "saliency": "prompts",
+    "ablation": "prompts",
+    "patching": "pairs",
+}
+
+
+def preflight_methods(wildcards):
+    """The GPU methods of the model that read the pre-flight's file (activations always runs)."""
+    return [
+        method
+        for method in GPU_METHODS
+        if PREFLIGHT_DATA[method] == wildcards.data
+        and (method == "activations" or method in METHODS[wildcards.model])
+    ]
 
 
 def preflight_inputs(wildcards):
-    """The data file its GPU job reads: the pairs for patching, the prompt set otherwise."""
-    if wildcards.method == "patching":
+    """The data file the pre-flight checks: the pairs, or the prompt set."""
+    if wildcards.data == "pairs":
         return {"pairs": f"{PROMPTS}/pairs/{wildcards.domain}.csv"}
     return {"prompts": prompt_file(wildcards)}
 
 
 def preflight_table(method):
-    """A GPU job's pre-flight table, for hub-style (kind hf) models: the demo and tiny models are built here from
-    the knowledge base's own vocabulary and run on the CPU; every pair suits their tokenizers (tested).
+    """The pre-flight table a GPU job waits for, as ancient() (a gate: see rules/preflight.smk), for hub-style
+    (kind hf) models: the demo and tiny models are built here from the knowledge base's own vocabulary and run on
+    the CPU; every pair suits their tokenizers (tested).
     """
 
     def get(wildcards):
         if SPECS[wildcards.model].kind != "hf":
             return []
+        data = PREFLIGHT_DATA[method]
         return [
-            f"{RESULTS}/preflight/{wildcards.model}/{wildcards.domain}.{method}.csv"
+            ancient(
+                f"{RESULTS}/preflight/{wildcards.model}/{wildcards.domain}.{data}.csv"
+            )
         ]
 
     return get
@@ -406,14 +427,13 @@ def all_targets():
     targets += outputs(rules.tiny_model, tiny_model=names_of("tiny"))
     targets += outputs(rules.stage_weights, model=HUB_MODELS)
     targets += outputs(rules.activations, model=MODELS, domain=DOMAINS)
+    targets += outputs(rules.preflight, model=hf, domain=DOMAINS, data=["prompts"])
     targets += outputs(
-        rules.preflight, model=hf, domain=DOMAINS, method=["activations"]
+        rules.preflight,
+        model=[name for name in by["patching"] if name in hf],
+        domain=DOMAINS,
+        data=["pairs"],
     )
-    for method in ("saliency", "ablation", "patching"):
-        models = [name for name in by[method] if name in hf]
-        targets += outputs(
-            rules.preflight, model=models, domain=DOMAINS, method=[method]
-        )
     umap = [name for name in MODELS if "umap" in METHODS[name]]
     targets += outputs(rules.umap, model=umap, domain=DOMAINS)
     for name in ("saliency", "saliency_summary"):

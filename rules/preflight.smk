@@ -1,9 +1,11 @@
-# Pre-flight per (hf model, domain, method): the tokenizer alone (no weights, no GPU) checks the prompts of a GPU
-# method as that method formats them (token lengths against the context) and, for patching, which pairs the
-# tokenizer can use. Each GPU rule waits for its own pre-flight, so a domain that cannot run fails there, before
-# any GPU is requested. A pre-flight has exactly its GPU job's data inputs and data settings, so it reruns exactly
-# when that job does: it never reruns a GPU job by itself (its code is recorded in its provenance, not a trigger;
-# patching.min_pairs is read from the config, not a trigger either).
+# Pre-flight per (hf model, domain, data file): the tokenizer alone (no weights, no GPU) checks a file the GPU jobs
+# read: the prompt set, as each GPU method reading it formats it (token lengths against the context), or the
+# patching pairs (which pairs the tokenizer can use). Each GPU rule waits for the pre-flight of its file, so a domain
+# that cannot run fails there, before any GPU is requested; a pairs problem never holds back the prompt set's jobs.
+# The GPU rules read the table as ancient(): a gate, not data, so a pre-flight never reruns a GPU job by itself
+# (one that reran for another method's setting, say ablation.max_new_tokens, leaves activations as they are); each
+# GPU job reruns on its own inputs and settings. Its code is recorded in its provenance, not a trigger, and
+# patching.min_pairs is read from the config, not a trigger either.
 
 
 rule preflight:
@@ -13,17 +15,17 @@ rule preflight:
         weights=staged_weights,
     output:
         table=report(
-            f"{RESULTS}/preflight/{{model}}/{{domain}}.{{method}}.csv",
+            f"{RESULTS}/preflight/{{model}}/{{domain}}.{{data}}.csv",
             caption="../report/preflight.rst",
             category="0. Pre-flight",
-            labels={"model": "{model}", "domain": "{domain}", "method": "{method}"},
+            labels={"model": "{model}", "domain": "{domain}", "data": "{data}"},
         ),
-        provenance=f"{RESULTS}/preflight/{{model}}/{{domain}}.{{method}}.csv.provenance.json",
+        provenance=f"{RESULTS}/preflight/{{model}}/{{domain}}.{{data}}.csv.provenance.json",
     log:
-        f"{RESULTS}/logs/preflight/{{model}}/{{domain}}.{{method}}.log",
+        f"{RESULTS}/logs/preflight/{{model}}/{{domain}}.{{data}}.log",
     wildcard_constraints:
         model=alternation(names_of("hf")),
-        method="|".join(GPU_METHODS),
+        data="prompts|pairs",
     conda:
         "../envs/gpu.yaml"
     threads: 1
@@ -32,12 +34,17 @@ rule preflight:
     params:
         model=spec_dict,
         prompts_dir=PROMPTS,
-        prompt_format=lambda w: prompt_format(config, w.model, w.method),
+        # Each GPU method reading the file, with its prompt format and the tokens it generates after a prompt.
+        formats=lambda w: {
+            m: prompt_format(config, w.model, m) for m in preflight_methods(w)
+        },
         new_tokens=lambda w: (
-            config["ablation"]["max_new_tokens"] if w.method == "ablation" else 0
+            {"ablation": config["ablation"]["max_new_tokens"]}
+            if "ablation" in preflight_methods(w)
+            else {}
         ),
         multi_token_answers=lambda w: (
-            config["patching"]["multi_token_answers"] if w.method == "patching" else ""
+            config["patching"]["multi_token_answers"] if w.data == "pairs" else ""
         ),
     script:
         "../workflow_scripts/preflight.py"

@@ -80,21 +80,25 @@ def test_too_few_usable_pairs_names_counts_reasons_and_fixes(tokenizer) -> None:
     assert f"patching.min_pairs is {usable + 1}" in found and "prompts/pairs/symptoms.csv" in found
 
 
-def _job(tmp_path: Path, model_dir: Path, method: str, min_pairs: int = 20) -> SimpleNamespace:
+def _job(tmp_path: Path, model_dir: Path, data: str, min_pairs: int = 20) -> SimpleNamespace:
+    """The rule's job for one file: the prompt set (read by activations and ablation here) or the pairs."""
     spec = ModelSpec(name="demo", kind="demo", source=str(model_dir), dtype="float32")
+    pairs = data == "pairs"
     return SimpleNamespace(
         input=SimpleNamespace(),
-        output=SimpleNamespace(table=str(tmp_path / "out" / f"disease.{method}.csv")),
-        log=[str(tmp_path / f"{method}.log")],
+        output=SimpleNamespace(table=str(tmp_path / "out" / f"disease.{data}.csv")),
+        log=[str(tmp_path / f"{data}.log")],
         params=SimpleNamespace(
             model=asdict(spec),
             prompts_dir=str(PROMPTS),
-            prompt_format={"mode": "auto" if method == "ablation" else "raw"},
-            new_tokens=16 if method == "ablation" else 0,
-            multi_token_answers="first_token" if method == "patching" else "",
+            formats={"patching": {"mode": "raw"}}
+            if pairs
+            else {"activations": {"mode": "raw"}, "ablation": {"mode": "auto"}},
+            new_tokens={} if pairs else {"ablation": 16},
+            multi_token_answers="first_token" if pairs else "",
         ),
         config={"patching": {"min_pairs": min_pairs}},
-        wildcards=SimpleNamespace(model="demo", domain="disease", method=method),
+        wildcards=SimpleNamespace(model="demo", domain="disease", data=data),
         threads=1,
         resources=SimpleNamespace(),
     )
@@ -102,18 +106,20 @@ def _job(tmp_path: Path, model_dir: Path, method: str, min_pairs: int = 20) -> S
 
 def test_entry_script_writes_the_table_or_fails_before_writing(demo_dir: Path, tmp_path: Path) -> None:
     context = json.loads((demo_dir / "model" / "config.json").read_text())["max_position_embeddings"]
-    ablation = _job(tmp_path, demo_dir / "model", "ablation")
-    run_entry("preflight.py", ablation)
-    table = pd.read_csv(ablation.output.table)
-    assert (
-        (table["model"] == "demo").all() and set(table["method"]) == {"ablation"} and set(table["kind"]) == {"prompt"}
-    )
-    assert (table["limit"] == context - 16).all() and (table["status"] == "fits").all()
+    prompts = _job(tmp_path, demo_dir / "model", "prompts")
+    run_entry("preflight.py", prompts)
+    table = pd.read_csv(prompts.output.table)
+    n_prompts = len(load_prompt_set("disease", PROMPTS).frame)
+    assert (table["model"] == "demo").all() and set(table["kind"]) == {"prompt"} and len(table) == 2 * n_prompts
+    # One row per prompt and method, each against its own limit: ablation leaves room for its 16 new tokens.
+    limits = table.groupby("method")["limit"].unique().map(list).to_dict()
+    assert limits == {"activations": [context], "ablation": [context - 16]} and (table["status"] == "fits").all()
     assert set(table["format"]) == {"raw"}  # auto on a tokenizer without a chat template
-    record = read_provenance(ablation.output.table)
-    assert record["context_length"] == context and record["prompt_format"] == "raw" and record["code_version"]
+    record = read_provenance(prompts.output.table)
+    assert record["context_length"] == context and record["code_version"]
+    assert record["prompt_format"] == {"activations": "raw", "ablation": "raw"}
 
-    patching = _job(tmp_path, demo_dir / "model", "patching")
+    patching = _job(tmp_path, demo_dir / "model", "pairs")
     run_entry("preflight.py", patching)
     table = pd.read_csv(patching.output.table)
     assert set(table["kind"]) == {"pair"} and len(table) == len(load_pairs("disease", PROMPTS).frame)
@@ -121,7 +127,7 @@ def test_entry_script_writes_the_table_or_fails_before_writing(demo_dir: Path, t
         (table["status"] == USABLE).sum()
     )
 
-    failing = _job(tmp_path / "fail", demo_dir / "model", "patching", min_pairs=10_000)
+    failing = _job(tmp_path / "fail", demo_dir / "model", "pairs", min_pairs=10_000)
     with pytest.raises(PreflightError, match=r"demo/disease: only \d+ of \d+ patching pairs are usable"):
         run_entry("preflight.py", failing)
     assert not Path(failing.output.table).exists()

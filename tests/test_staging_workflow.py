@@ -75,7 +75,7 @@ def test_staged_snapshot_is_read_offline_and_recorded(tmp_path: Path) -> None:
     assert record["model"]["staged"] == "weights/hub-llama/files"  # relative to the working directory
     cache = read_cache(work / target, work / "results/activations/hub-llama/disease.prompts.parquet")
     assert cache.acts.shape[0] == 3 and cache.acts.shape[2] == 32  # embeddings + 2 layers, hidden 32
-    assert read_provenance(work / "results/preflight/hub-llama/disease.activations.csv")["model"]["source"] == HUB_ID
+    assert read_provenance(work / "results/preflight/hub-llama/disease.prompts.csv")["model"]["source"] == HUB_ID
 
     # Nothing stale: pinning another revision restages, and everything that read the old snapshot reruns.
     write_config(work, _config("v2"), "v2.yaml")

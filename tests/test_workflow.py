@@ -7,11 +7,12 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from kmap.activations.cache import read_cache
-from tests.workflow import copy_workflow, job_counts, local_hf_model, snakemake, write_config
+from tests.workflow import copy_workflow, job_counts, local_env, local_hf_model, snakemake, write_config
 
 # One xdist worker runs this module: its module-scoped fixtures are built once.
 pytestmark = pytest.mark.xdist_group("workflow")
@@ -372,7 +373,7 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
         "patching_summary",
     )
     maps = {"intervals": 11 * 4, "knowledge_map": 11, "cross_model": 1}  # intervals: one per (model, method)
-    preflight = {"preflight": 11 * 6 * 4}  # one per GPU method
+    preflight = {"preflight": 11 * 6 * 2}  # one per data file the GPU jobs read: the prompt set, the pairs
     once = {"stage_weights": 11, "cost_plan": 1, "all": 1}  # one staged snapshot per hub model
     assert counts == {**dict.fromkeys(per_job, 11 * 6), **preflight, **maps, **once}
     assert "demo_model" not in result.stdout
@@ -395,7 +396,7 @@ def test_study_dry_run_plans_every_job_with_gpu_resources(tmp_path: Path) -> Non
 
     # Pre-flights are CPU jobs: no GPU resource.
     preflights = [j for j in result.stdout.split("\nrule ") if j.startswith("preflight:")]
-    assert len(preflights) == 11 * 6 * 4 and not any("gpu=" in j for j in preflights)
+    assert len(preflights) == 11 * 6 * 2 and not any("gpu=" in j for j in preflights)
 
     assert "gpu=2" in resources("llama-3.3-70b") and "mem_mb=50026" in resources("llama-3.3-70b")
     assert "gpu=1" in resources("qwen-32b")
@@ -471,8 +472,10 @@ def test_too_small_gpus_fail_dry_run(tmp_path: Path) -> None:
 
 
 def test_failed_preflight_stops_the_gpu_job_before_it_starts(tmp_path: Path) -> None:
-    """A hub-style model whose tokenizer cannot use enough pairs: its patching pre-flight fails, naming model,
-    domain and counts, and the GPU job never starts; the pre-flight of another method still passes."""
+    """A hub-style model whose tokenizer cannot use enough pairs: the pairs' pre-flight fails, naming model,
+    domain and counts, and the patching job never starts; the prompt set's pre-flight passes and its GPU job
+    (activations) runs. Then the gate: a setting only the pre-flight and ablation read (ablation.max_new_tokens)
+    reruns the pre-flight, never the activations it gates."""
     from kmap.data.knowledge import load_knowledge, vocabulary
     from kmap.offline.tiny import build_tiny_model
 
@@ -482,20 +485,26 @@ def test_failed_preflight_stops_the_gpu_job_before_it_starts(tmp_path: Path) -> 
     build_tiny_model("llama", words, model_dir, n_layers=2, hidden_size=32)
     work = copy_workflow(tmp_path / "wf")
     config = {
-        "models": {"local-llama": local_hf_model(model_dir, ["patching"])},
+        "models": {"local-llama": local_hf_model(model_dir, ["ablation", "patching"])},
         "domains": ["disease"],
         "patching": {"min_pairs": 10_000},
     }
     write_config(work, config)
-    targets = [
-        "results/patching/local-llama/disease.pairs.parquet",
-        "results/preflight/local-llama/disease.activations.csv",
-    ]
-    result = snakemake(work, *targets, "--keep-going", "--configfile", "config/test.yaml", check=False)
+    activations = "results/activations/local-llama/disease.safetensors"
+    targets = ["results/patching/local-llama/disease.pairs.parquet", activations]
+    env = local_env(KMAP_ALLOW_CPU="1")  # a hub-style model's GPU job, here on the CPU
+    result = snakemake(work, *targets, "--keep-going", "--configfile", "config/test.yaml", check=False, env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "local-llama/disease: only" in output and "patching.min_pairs is 10000" in output, output[-3000:]
     assert not (work / "results" / "patching").exists()  # the GPU job never ran, not even its log
     assert not (work / "results" / "logs" / "patching").exists()
-    assert (work / "results" / "preflight" / "local-llama" / "disease.activations.csv").exists()
-    assert not (work / "results" / "preflight" / "local-llama" / "disease.patching.csv").exists()
+    assert not (work / "results" / "preflight" / "local-llama" / "disease.pairs.csv").exists()
+    prompts = pd.read_csv(work / "results" / "preflight" / "local-llama" / "disease.prompts.csv")
+    assert set(prompts["method"]) == {"activations", "ablation"}  # the GPU methods reading the prompt set
+    assert (work / activations).exists()
+
+    config["ablation"] = {"max_new_tokens": 8}
+    write_config(work, config, "tokens.yaml")
+    planned = snakemake(work, "-n", activations, "--configfile", "config/tokens.yaml", env=env).stdout
+    assert job_counts(planned) == {"preflight": 1}

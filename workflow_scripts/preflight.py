@@ -1,5 +1,6 @@
-"""Rule preflight (CPU, tokenizer only): what one GPU method will feed the model for one (model, domain): token
-lengths against the context and, for patching, the usable pairs and their answer tokens; fails before any GPU."""
+"""Rule preflight (CPU, tokenizer only): what the GPU methods reading one file of one (model, domain) will feed the
+model: the prompt set's token lengths against the context as each method formats it, or the patching pairs the
+tokenizer can use and their answer tokens; fails before any GPU."""
 
 from kmap.core.warm import hand_over
 
@@ -16,29 +17,22 @@ from kmap.data.prompts import load_pairs, load_prompt_set
 
 
 def main(job: Job) -> None:
-    method = job.wildcards["method"]
     spec = job.spec()
     tokenizer = load_tokenizer(spec)
-    fmt = PromptFormat.from_param(job.params["prompt_format"]).resolve(tokenizer)
-    patching = method == "patching"
-    prompts = None if patching else load_prompt_set(job.domain, job.params["prompts_dir"]).frame
-    pairs = load_pairs(job.domain, job.params["prompts_dir"]).frame if patching else None
+    # Each GPU method reading this file, in the format it will use (a chat format without a template fails here).
+    formats = {method: PromptFormat.from_param(p).resolve(tokenizer) for method, p in job.params["formats"].items()}
+    pairs_file = job.wildcards["data"] == "pairs"
+    prompts = None if pairs_file else load_prompt_set(job.domain, job.params["prompts_dir"]).frame
+    pairs = load_pairs(job.domain, job.params["prompts_dir"]).frame if pairs_file else None
     context = context_length(spec)
     table = preflight_table(
-        tokenizer,
-        prompts,
-        pairs,
-        {method: fmt},
-        context,
-        {method: job.params["new_tokens"]},
-        job.params["multi_token_answers"],
+        tokenizer, prompts, pairs, formats, context, job.params["new_tokens"], job.params["multi_token_answers"]
     )
     counts = summary(table)
-    # Not a rerun trigger (the GPU job's inputs and settings are): recorded, so the table says what checked it.
-    job.note(
-        code_version=code_version(Path(__file__)), context_length=context, preflight=counts, prompt_format=fmt.mode
-    )
-    job.log.info("%s: %s format, context %s; %s", job.label, fmt.mode, context, counts)
+    modes = {method: fmt.mode for method, fmt in formats.items()}
+    # Not a rerun trigger (the GPU jobs' inputs and settings are): recorded, so the table says what checked it.
+    job.note(code_version=code_version(Path(__file__)), context_length=context, preflight=counts, prompt_format=modes)
+    job.log.info("%s: formats %s, context %s; %s", job.label, modes, context, counts)
     # Read from the config, not a param: changing the threshold must not rerun GPU jobs that already passed it.
     min_pairs = int(job.smk.config["patching"]["min_pairs"])
     found = problems(table, job.model, job.domain, min_pairs)
