@@ -34,7 +34,8 @@ from kmap.core.gpu_plan import (
 )
 from kmap.core.provenance import code_version
 from kmap.core.staging import FILES_DIR, hub_token
-from kmap.data.prompts import validate_all
+from kmap.core.memo import remembered
+from kmap.data.prompts import prompt_files, validate_all
 from kmap.maps.known_metrics import map_metric_problems
 from kmap.maps.table1 import DEFAULT_CONCEPTS
 from kmap.methods.ablation.judge import JudgeSettings, retry_file
@@ -60,9 +61,20 @@ METHODS = model_methods(config)
 # Models with at least one method get a knowledge map (tiny coverage models usually have none).
 MAP_MODELS = [name for name in MODELS if METHODS[name]]
 
-PROMPT_SETS = validate_all(Path(PROMPTS), DOMAINS)
-# A map metric no method writes would silently drop that method's row from every map.
-MAP_PROBLEMS = map_metric_problems(config["map"], PROMPT_SETS)
+# Every domain's prompt set and pairs valid (else an error naming file, row, column and fix), and every map metric
+# one its method writes for them (a metric no method writes would silently drop that method's row from every map).
+# Remembered by the files' content, the checks' code and the settings: an unchanged prompt folder is read once,
+# not at every parse (the dry run's, each SLURM job's); an invalid one fails every time.
+MAP_PROBLEMS = remembered(
+    "prompts",
+    prompt_files(PROMPTS, DOMAINS),
+    [
+        SCRIPTS / "kmap" / "data" / "prompts.py",
+        SCRIPTS / "kmap" / "maps" / "known_metrics.py",
+    ],
+    lambda: map_metric_problems(config["map"], validate_all(PROMPTS, DOMAINS)),
+    settings={"domains": DOMAINS, "map": config["map"]},
+)
 if MAP_PROBLEMS:
     raise ConfigError(
         "invalid configuration in the configuration:\n"
