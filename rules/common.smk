@@ -34,9 +34,7 @@ from kmap.core.gpu_plan import (
 )
 from kmap.core.provenance import code_version
 from kmap.core.staging import FILES_DIR, hub_token
-from kmap.core.memo import remembered
-from kmap.data.prompts import prompt_files, validate_all
-from kmap.maps.known_metrics import map_metric_problems
+from kmap.data.prompt_check import checked_prompts
 from kmap.maps.table1 import DEFAULT_CONCEPTS
 from kmap.methods.ablation.judge import JudgeSettings, retry_file
 from kmap.methods.ablation.settings import settings_from_config, value_params
@@ -63,18 +61,8 @@ MAP_MODELS = [name for name in MODELS if METHODS[name]]
 
 # Every domain's prompt set and pairs valid (else an error naming file, row, column and fix), and every map metric
 # one its method writes for them (a metric no method writes would silently drop that method's row from every map).
-# Remembered by the files' content, the checks' code and the settings: an unchanged prompt folder is read once,
-# not at every parse (the dry run's, each SLURM job's); an invalid one fails every time.
-MAP_PROBLEMS = remembered(
-    "prompts",
-    prompt_files(PROMPTS, DOMAINS),
-    [
-        SCRIPTS / "kmap" / "data" / "prompts.py",
-        SCRIPTS / "kmap" / "maps" / "known_metrics.py",
-    ],
-    lambda: map_metric_problems(config["map"], validate_all(PROMPTS, DOMAINS)),
-    settings={"domains": DOMAINS, "map": config["map"]},
-)
+# Remembered by content: an unchanged prompt folder is not read again at each parse.
+MAP_PROBLEMS = checked_prompts(PROMPTS, DOMAINS, config["map"])
 if MAP_PROBLEMS:
     raise ConfigError(
         "invalid configuration in the configuration:\n"

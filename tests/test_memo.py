@@ -11,7 +11,8 @@ import pytest
 
 from kmap.core import memo
 from kmap.core.memo import memo_file, remembered
-from kmap.data.prompts import PromptSetError, prompt_files, validate_all
+from kmap.data.prompt_check import checked_prompts, prompt_files
+from kmap.data.prompts import PromptSetError, validate_all
 from kmap.maps.known_metrics import map_metric_problems
 from tests.workflow import REPO
 
@@ -92,19 +93,38 @@ def test_prompt_check_as_the_parse_runs_it(tmp_path: Path, store: Path) -> None:
     domains = ["age", "disease"]
     settings = {"metrics": {}, "umap_metrics": {"age": "r2", "disease": "silhouette:nope"}}
 
-    def check() -> list[str]:
-        return remembered(
-            "prompts",
-            prompt_files(prompts, domains),
-            CODE,
-            lambda: map_metric_problems(settings, validate_all(prompts, domains)),
-            settings={"domains": domains, "map": settings},
-        )
-
     direct = map_metric_problems(settings, validate_all(prompts, domains))
     assert len(direct) == 1 and "map.umap_metrics.disease" in direct[0]
-    assert check() == direct and check() == direct
-    assert {str(p) for p in prompt_files(prompts, domains)} >= {str(prompts / "pairs" / "disease.csv")}
+    assert checked_prompts(prompts, domains, settings) == direct
+    assert len(json.loads(store.read_text())["results"]) == 1
+    assert checked_prompts(prompts, domains, settings) == direct
+    assert len(json.loads(store.read_text())["results"]) == 1  # the same entry, read back
+
+    # Every file the check reads is part of the key: the memo cannot hide an edit.
+    read: set[str] = set()
+    original = Path.read_bytes, Path.read_text
+
+    def spy_bytes(self: Path) -> bytes:
+        read.add(str(self))
+        return original[0](self)
+
+    def spy_text(self: Path, *args, **kwargs) -> str:
+        read.add(str(self))
+        return original[1](self, *args, **kwargs)
+
+    from kmap.data import prompts as prompts_module
+
+    prompts_module._knowledge.cache_clear()  # read again, not from this process's memory
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_bytes", spy_bytes)
+        patch.setattr(Path, "read_text", spy_text)
+        import pandas as pd
+
+        read_csv = pd.read_csv
+        patch.setattr(pd, "read_csv", lambda path, *a, **k: read.add(str(path)) or read_csv(path, *a, **k))
+        validate_all(prompts, domains)
+    seen = {p for p in read if p.startswith(str(prompts))}
+    assert seen == {str(p) for p in prompt_files(prompts, domains)}, seen
 
     pairs = prompts / "pairs" / "disease.csv"
     lines = pairs.read_text().splitlines()
@@ -113,4 +133,4 @@ def test_prompt_check_as_the_parse_runs_it(tmp_path: Path, store: Path) -> None:
     row[header.index("corrupted_answer")] = row[header.index("clean_answer")]
     pairs.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
     with pytest.raises(PromptSetError, match="equals clean_answer"):
-        check()
+        checked_prompts(prompts, domains, settings)

@@ -202,15 +202,6 @@ def load_pairs(domain: str, prompts_dir: str | Path, schema: dict[str, Any] | No
     return PairSet(domain=domain, path=path, frame=frame, sha256=file_sha256(path))
 
 
-def prompt_files(prompts_dir: str | Path, domains: list[str]) -> list[Path]:
-    """Every file ``validate_all`` reads: the schema, the knowledge base, each domain's prompt set and pairs."""
-    prompts_dir = Path(prompts_dir)
-    files = [prompts_dir / "schema.yaml", prompts_dir / "knowledge.yaml"]
-    for domain in domains:
-        files += [prompts_dir / f"{domain}.csv", prompts_dir / "pairs" / f"{domain}.csv"]
-    return files
-
-
 def validate_all(prompts_dir: str | Path, domains: list[str]) -> dict[str, PromptSet]:
     """Load every configured domain's prompt set and pairs; raise on the first problem. Returns the prompt sets."""
     prompts_dir = Path(prompts_dir)
