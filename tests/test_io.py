@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmap.core.io import atomic_output, stable_hash, write_json_atomic
+from kmap.core import io
+from kmap.core.io import atomic_output, stable_hash, write_json_atomic, write_shared_text
 
 
 def test_failure_leaves_nothing(tmp_path: Path) -> None:
@@ -53,3 +54,22 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next(tmp_path: Path) -> 
         tmp.write_text("whole")
     assert final.read_text() == "whole"
     assert not leftover.exists() and other.exists()  # only this output's leftovers
+
+
+def test_shared_file_is_replaced_whole_or_left_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches several processes write: a reader sees one whole version; a failed write keeps the old one, says
+    so, and leaves no temporary file (the next process computes again)."""
+    path = tmp_path / "cache" / "store.json"
+    assert write_shared_text(path, "first") and path.read_text() == "first"
+    assert write_shared_text(path, "second") and path.read_text() == "second"
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full_disk)
+    assert write_shared_text(path, "third") is False
+    assert path.read_text() == "second" and sorted(p.name for p in path.parent.iterdir()) == ["store.json"]
+    monkeypatch.undo()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert write_shared_text(blocked / "store.json", "x") is False  # its folder cannot be made

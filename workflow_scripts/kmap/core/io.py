@@ -62,6 +62,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_shared_text(path: str | Path, text: str) -> bool:
+    """Replace a file that several processes may write at once (kmap's caches; concurrent SLURM jobs parse at
+    once): written under a name of this process and renamed over it, so a reader sees one whole version and the
+    last writer wins. Not ``atomic_output``, which clears other writers' temporaries: no output has two writers,
+    a cache may. False, leaving nothing behind, on a read-only or full disk (the caller only recomputes)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -9,16 +9,14 @@ Stored in ``$KMAP_CACHE/parse_memo.json`` (``KMAP_CACHE=off``: not kept).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from kmap.core.io import cache_root
+from kmap.core.io import cache_root, write_shared_text
 from kmap.core.provenance import code_version
 
 MEMO_FORMAT = f"kmap-memo-1-py{sys.version_info.major}.{sys.version_info.minor}"
@@ -61,17 +59,8 @@ def _load(path: Path | None) -> dict[str, Any]:
 
 
 def _save(path: Path, results: dict[str, Any]) -> None:
-    """Atomically (concurrent SLURM jobs may parse at once; the last writer wins); a read-only or full disk only
-    means computing again next time."""
     kept = dict(list(results.items())[-MEMO_ENTRIES:])  # the newest: insertion order
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"format": MEMO_FORMAT, "results": kept}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    write_shared_text(path, json.dumps({"format": MEMO_FORMAT, "results": kept}))
 
 
 def remembered(

@@ -14,11 +14,9 @@ editing any module a rule's script reaches reruns that rule, and editing anythin
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import kmap
-from kmap.core.io import cache_root
+from kmap.core.io import cache_root, write_shared_text
 
 KEY = "kmap_provenance"
 SIDECAR_SUFFIX = ".provenance.json"
@@ -159,23 +157,15 @@ def _import_cache() -> dict[str, list[str]]:
 
 
 def _save_import_cache() -> None:
-    """Write new entries (atomically: concurrent SLURM jobs may parse at once; the last writer wins). Not
-    ``io.atomic_output``: it clears other writers' temporaries, as no output has two writers; this file may."""
+    """Write new entries (``io.write_shared_text``: concurrent SLURM jobs may parse at once; the last writer
+    wins); on a read-only or full disk, parse again next time."""
     path = import_cache_file()
     if not _CACHE_STATE["dirty"] or path is None:
         return
     entries = _CACHE_STATE["entries"]
     kept = dict(list(entries.items())[-IMPORT_CACHE_ENTRIES:])  # the newest: insertion order
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"format": IMPORT_CACHE_FORMAT, "imports": kept}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full disk: parse again next time
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return
-    _CACHE_STATE["dirty"] = False
+    if write_shared_text(path, json.dumps({"format": IMPORT_CACHE_FORMAT, "imports": kept})):
+        _CACHE_STATE["dirty"] = False
 
 
 def import_closure(script: str | Path, root: Path = PACKAGE_DIR) -> list[Path]:
