@@ -355,15 +355,15 @@ def summary_figure(path, caption, category, labels):
 
 # --- pre-flight (rules/preflight.smk) ---
 
-# The methods whose GPU jobs each wait for the pre-flight of the file they read.
-GPU_METHODS = ("activations", "saliency", "ablation", "patching")
-# The file each GPU method reads (a preflight's `data` wildcard): the prompt set, or the patching pairs.
+# The file each GPU method reads (a preflight's `data` wildcard): the prompt set, or the patching pairs. Each of
+# these methods' GPU jobs waits for the pre-flight of its file.
 PREFLIGHT_DATA = {
     "activations": "prompts",
     "saliency": "prompts",
     "ablation": "prompts",
     "patching": "pairs",
 }
+GPU_METHODS = tuple(PREFLIGHT_DATA)
 
 
 def preflight_methods(wildcards):

@@ -9,14 +9,13 @@ Stored in ``$KMAP_CACHE/parse_memo.json`` (``KMAP_CACHE=off``: not kept).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from kmap.core.io import cache_root, write_shared_text
+from kmap.core.io import cache_root, file_sha256, stable_hash, write_shared_text
 from kmap.core.provenance import code_version
 
 MEMO_FORMAT = f"kmap-memo-1-py{sys.version_info.major}.{sys.version_info.minor}"
@@ -30,7 +29,7 @@ def memo_file() -> Path | None:
 
 def _content(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:  # missing or unreadable: part of the key, so the check runs and says what is wrong
         return None
 
@@ -44,7 +43,7 @@ def memo_key(name: str, files: Iterable[Path], code: Iterable[Path], settings: A
         "code": [code_version(path) for path in code],
         "settings": settings,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return stable_hash(parts)
 
 
 def _load(path: Path | None) -> dict[str, Any]:
@@ -76,7 +75,6 @@ def remembered(
         return results[key]
     value = json.loads(json.dumps(compute()))
     if path is not None:
-        results.pop(key, None)
         results[key] = value
         _save(path, results)
     return value
